@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct SecureMsg: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "securemsg",
+        abstract: "TLS messaging over the system's OpenSSL.",
+        subcommands: [Demo.self]
+    )
+}
