@@ -37,7 +37,7 @@ enum PEMReader {
         // Reading stops with "no start line" at the end of the input; anything else is damage.
         let last = ERR_peek_last_error()
         if last != 0, !(ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE) {
-            certificates.forEach { X509_free($0) }
+            PEMReader.free(certificates)
             throw TLSError.fromErrorQueue(.invalidCertificate, "cannot parse the \(what)")
         }
         TLSError.clearErrorQueue()
@@ -45,6 +45,13 @@ enum PEMReader {
             throw TLSError(.invalidCertificate, "the \(what) holds no PEM certificate")
         }
         return certificates
+    }
+
+    /// Frees certificates returned by ``certificates(from:what:)``.
+    static func free(_ certificates: [OpaquePointer]) {
+        for certificate in certificates {
+            X509_free(certificate)
+        }
     }
 
     /// The private key in the source. The caller frees it with `EVP_PKEY_free`.
@@ -95,13 +102,14 @@ enum PEMReader {
 
 /// Copies the passphrase handed in `userdata` into OpenSSL's buffer. An empty passphrase is
 /// reported as none, so an encrypted key without one fails instead of prompting.
-private let passphraseCallback: @convention(c) (UnsafeMutablePointer<CChar>?, CInt, CInt, UnsafeMutableRawPointer?) ->
-    CInt = { buffer, size, _, userdata in
-        guard let buffer, let userdata, size > 0 else { return -1 }
-        let secret = userdata.assumingMemoryBound(to: CChar.self)
-        var length = 0
-        while secret[length] != 0 { length += 1 }
-        guard length > 0, length <= Int(size) else { return -1 }
-        buffer.update(from: secret, count: length)
-        return CInt(length)
-    }
+private let passphraseCallback:
+    @convention(c) (UnsafeMutablePointer<CChar>?, CInt, CInt, UnsafeMutableRawPointer?) ->
+        CInt = { buffer, size, _, userdata in
+            guard let buffer, let userdata, size > 0 else { return -1 }
+            let secret = userdata.assumingMemoryBound(to: CChar.self)
+            var length = 0
+            while secret[length] != 0 { length += 1 }
+            guard length > 0, length <= Int(size) else { return -1 }
+            buffer.update(from: secret, count: length)
+            return CInt(length)
+        }

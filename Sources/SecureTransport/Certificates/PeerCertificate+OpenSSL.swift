@@ -80,8 +80,10 @@ extension PeerCertificate {
             return bytes.map { String($0) }.joined(separator: ".")
         case 16:
             // Full form without zero compression: unambiguous and easy to compare.
-            return stride(from: 0, to: 16, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
-                .joined(separator: ":")
+            return stride(from: 0, to: 16, by: 2).map {
+                String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16)
+            }
+            .joined(separator: ":")
         default:
             return nil
         }
@@ -114,7 +116,9 @@ extension TLSConnection {
         var alpnData: UnsafePointer<UInt8>?
         var alpnLength: UInt32 = 0
         SSL_get0_alpn_selected(self.ssl, &alpnData, &alpnLength)
-        let alpn = alpnData.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(alpnLength)), as: UTF8.self) }
+        let alpn = alpnData.map {
+            String(decoding: UnsafeBufferPointer(start: $0, count: Int(alpnLength)), as: UTF8.self)
+        }
         var peer: PeerCertificate?
         if let certificate = SSL_get1_peer_certificate(self.ssl) {
             peer = PeerCertificate(x509: certificate)

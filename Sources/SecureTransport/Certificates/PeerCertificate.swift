@@ -42,3 +42,10 @@ public struct TLSHandshakeInfo: Sendable, Hashable {
     /// The peer's certificate, if it presented one.
     public var peerCertificate: PeerCertificate?
 }
+
+extension PeerCertificate: CustomStringConvertible {
+    public var description: String {
+        "PeerCertificate(subject: \(self.subject), issuer: \(self.issuer), dns: \(self.dnsNames), "
+            + "ip: \(self.ipAddresses), sha256: \(self.sha256FingerprintHex))"
+    }
+}

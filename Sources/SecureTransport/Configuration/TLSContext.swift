@@ -119,7 +119,7 @@ public final class TLSContext: @unchecked Sendable {
 
     private func useCertificateChain(_ source: TLSConfiguration.CertificateSource) throws {
         let certificates = try PEMReader.certificates(from: source.pemSource, what: "certificate chain")
-        defer { certificates.forEach { X509_free($0) } }
+        defer { PEMReader.free(certificates) }
         guard let leaf = certificates.first else {
             throw TLSError(.invalidCertificate, "the certificate chain holds no certificate")
         }
@@ -137,6 +137,11 @@ public final class TLSContext: @unchecked Sendable {
         let key = try PEMReader.privateKey(from: source.pemSource, passphrase: passphrase)
         defer { EVP_PKEY_free(key) }
         guard SSL_CTX_use_PrivateKey(self.sslContext, key) == 1 else {
+            let packed = ERR_peek_error()
+            if ERR_GET_LIB(packed) == ERR_LIB_X509, ERR_GET_REASON(packed) == X509_R_KEY_VALUES_MISMATCH {
+                TLSError.clearErrorQueue()
+                throw TLSError(.invalidPrivateKey, "the private key does not match the certificate")
+            }
             throw TLSError.fromErrorQueue(.invalidPrivateKey, "cannot use the private key")
         }
     }
@@ -192,7 +197,7 @@ public final class TLSContext: @unchecked Sendable {
             }
         case .pem(let bytes):
             let certificates = try PEMReader.certificates(from: .bytes(bytes), what: "trust roots")
-            defer { certificates.forEach { X509_free($0) } }
+            defer { PEMReader.free(certificates) }
             guard !certificates.isEmpty else {
                 throw TLSError(.invalidTrustRoots, "the trust roots hold no certificate")
             }

@@ -1,0 +1,103 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Testing
+
+/// A child process (the openssl CLI) with its output collected as it comes.
+final class ChildProcess: Sendable {
+    private let process: Process
+    private let input: Pipe
+    private let collected = NIOLockedValueBox("")
+
+    init(_ executable: String, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [executable] + arguments
+        let input = Pipe()
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = output
+        let collected = self.collected
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if !data.isEmpty {
+                collected.withLockedValue { $0 += String(decoding: data, as: UTF8.self) }
+            }
+        }
+        self.process = process
+        self.input = input
+        try process.run()
+    }
+
+    deinit {
+        if self.process.isRunning {
+            self.process.terminate()
+        }
+    }
+
+    /// Everything written to stdout and stderr so far.
+    var output: String { self.collected.withLockedValue { $0 } }
+
+    var isRunning: Bool { self.process.isRunning }
+
+    var exitCode: Int32 { self.process.terminationStatus }
+
+    func write(_ text: String) {
+        self.input.fileHandleForWriting.write(Data(text.utf8))
+    }
+
+    func closeInput() {
+        try? self.input.fileHandleForWriting.close()
+    }
+
+    func terminate() {
+        if self.process.isRunning {
+            self.process.terminate()
+        }
+    }
+
+    /// Waits until the output contains `text`; records an issue on timeout.
+    @discardableResult
+    func waitForOutput(
+        containing text: String,
+        timeout: Double = 10,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        while ContinuousClock.now < deadline {
+            if self.output.contains(text) { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("no \"\(text)\" in output:\n\(self.output)", sourceLocation: sourceLocation)
+        return false
+    }
+
+    /// Waits for the process to exit; terminates it and records an issue on timeout.
+    @discardableResult
+    func waitForExit(timeout: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) async -> Int32? {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        while ContinuousClock.now < deadline {
+            if !self.process.isRunning { return self.process.terminationStatus }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        self.terminate()
+        Issue.record(
+            "process still running after \(timeout) s; output:\n\(self.output)",
+            sourceLocation: sourceLocation
+        )
+        return nil
+    }
+}
+
+/// Runs a command to completion and returns its standard output.
+func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = [executable] + arguments
+    let output = Pipe()
+    process.standardOutput = output
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
