@@ -1,0 +1,100 @@
+public import Logging
+public import NIOCore
+public import NIOPosix
+
+/// A client connection to an smsg/1 server.
+///
+/// ```swift
+/// let client = try await SecureClient.connect(
+///     host: "127.0.0.1", port: 7443,
+///     transport: try TLSTransport(configuration: .makeClientConfiguration(trustRoots: .file("ca.pem"))),
+///     serverHostname: "localhost",
+///     configuration: ClientConfiguration(nodeID: "collab-1")
+/// )
+/// let reply = try await client.session.request(topic: "time", body: ByteBuffer())
+/// await client.close()
+/// ```
+public final class SecureClient: Sendable {
+    /// The session with the server.
+    public let session: Session
+
+    private init(session: Session) {
+        self.session = session
+    }
+
+    /// Connects, completes the TLS handshake (with a TLS transport) and the HELLO exchange.
+    ///
+    /// - Parameters:
+    ///   - serverHostname: the name the server's certificate must carry; defaults to `host`.
+    /// - Throws: ``MessagingError`` with ``MessagingError/Code/connectFailed`` and the reason
+    ///   (TCP, TLS or HELLO) when the session does not open.
+    public static func connect(
+        host: String,
+        port: Int,
+        transport: any MessagingTransport,
+        serverHostname: String? = nil,
+        configuration: ClientConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) async throws -> SecureClient {
+        guard Hello.isValidNodeID(configuration.nodeID) else {
+            throw MessagingError(.connectFailed, "invalid node_id")
+        }
+        let hello = Hello(
+            nodeID: configuration.nodeID,
+            role: configuration.role,
+            heartbeatMilliseconds: Int(configuration.session.heartbeatInterval.nanoseconds / 1_000_000),
+            maxFrame: configuration.session.maxFrame,
+            metadata: configuration.metadata
+        )
+        let session: Session
+        do {
+            session = try await ClientBootstrap(group: group)
+                .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try transport.configure(channel, serverHostname: serverHostname ?? host)
+                        let session = Session(channel: channel, sessionID: nil, configuration: configuration.session)
+                        let handler = SessionHandler(
+                            role: .client,
+                            hello: hello,
+                            configuration: configuration.session,
+                            session: session,
+                            waitsForTLS: transport.isSecure,
+                            logger: logger
+                        )
+                        session.attach(handler)
+                        try channel.addSessionHandlers(handler, maxFrame: configuration.session.maxFrame)
+                        return session
+                    }
+                }
+        } catch {
+            throw MessagingError(.connectFailed, "cannot connect to \(host):\(port): \(error)")
+        }
+        do {
+            try await session.waitUntilOpen()
+        } catch let error as MessagingError {
+            throw MessagingError(.connectFailed, error.reason, errorCode: error.errorCode)
+        }
+        return SecureClient(session: session)
+    }
+
+    /// The messages received, in order.
+    public var messages: InboundMessages { self.session.messages }
+
+    /// Sends a message; see ``Session/send(topic:body:ackRequested:)``.
+    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
+        try await self.session.send(topic: topic, body: body, ackRequested: ackRequested)
+    }
+
+    /// Sends a REQUEST and waits for its RESPONSE; see ``Session/request(topic:body:timeout:)``.
+    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
+        try await self.session.request(topic: topic, body: body, timeout: timeout)
+    }
+
+    /// Closes gracefully (GOODBYE) and waits until the connection is closed.
+    public func close() async {
+        await self.session.close()
+    }
+}

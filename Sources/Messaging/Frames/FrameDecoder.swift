@@ -1,0 +1,161 @@
+public import NIOCore
+
+/// Splits the byte stream into ``Frame``s and checks everything a frame can be checked for on
+/// its own (PROTOCOL.md "Frame" and "Types").
+///
+/// The header is validated as soon as its 24 bytes are in, before the payload is read or any
+/// room is made for it: first `length` against `max_frame` (``ErrorCode/frameTooLarge``),
+/// then type, flags, reserved bits, the id rules and the payload-size rules of each type
+/// (``ErrorCode/protocolError``). Payload contents that need the payload (FLOW's byte,
+/// ERROR's UTF-8 reason, DATA's topic) are checked once it has arrived. Sequence rules
+/// belong to the session. A violation is thrown as an error carrying the ERROR to send.
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = Frame
+
+    /// The largest payload accepted.
+    public let maxFrame: Int
+
+    /// Creates a decoder that accepts payloads up to `maxFrame` bytes.
+    public init(maxFrame: Int = Frame.defaultMaxFrame) {
+        self.maxFrame = maxFrame
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try self.decodeFrame(&buffer) else { return .needMoreData }
+        context.fireChannelRead(Self.wrapInboundOut(frame))
+        return .continue
+    }
+
+    public mutating func decodeLast(
+        context: ChannelHandlerContext,
+        buffer: inout ByteBuffer,
+        seenEOF: Bool
+    ) throws -> DecodingState {
+        // A partial frame at the end of the stream is dropped; the session reports the close.
+        while try self.decode(context: context, buffer: &buffer) == .continue {}
+        return .needMoreData
+    }
+
+    /// Takes one whole frame off the front of `buffer`, or returns nil when more bytes are needed.
+    func decodeFrame(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
+        guard buffer.readableBytes >= Frame.headerSize else { return nil }
+        let start = buffer.readerIndex
+        let length = Int(buffer.getInteger(at: start, as: UInt32.self)!)
+        let type = FrameType(rawValue: buffer.getInteger(at: start + 4, as: UInt8.self)!)
+        let flags = buffer.getInteger(at: start + 5, as: UInt8.self)!
+        let reserved = buffer.getInteger(at: start + 6, as: UInt16.self)!
+        let id = buffer.getInteger(at: start + 8, as: UInt64.self)!
+        try Self.validateHeader(
+            length: length,
+            type: type,
+            flags: flags,
+            reserved: reserved,
+            id: id,
+            maxFrame: self.maxFrame
+        )
+
+        guard buffer.readableBytes >= Frame.headerSize + length else { return nil }
+        let timestamp = buffer.getInteger(at: start + 16, as: UInt64.self)!
+        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+        let payload = buffer.readSlice(length: length)!
+        try Self.validatePayload(type: type, payload: payload)
+        return Frame(type: type, flags: flags, id: id, timestamp: timestamp, payload: payload)
+    }
+
+    static func validateHeader(
+        length: Int,
+        type: FrameType,
+        flags: UInt8,
+        reserved: UInt16,
+        id: UInt64,
+        maxFrame: Int
+    ) throws(ProtocolViolation) {
+        if length > maxFrame {
+            throw ProtocolViolation(.frameTooLarge, "frame length \(length) exceeds max_frame \(maxFrame)")
+        }
+        guard type.isKnown else {
+            throw ProtocolViolation(.protocolError, "unknown frame type \(type.rawValue)")
+        }
+        if type == .data {
+            let dataFlags = DataFlags(rawValue: flags)
+            guard dataFlags.isSubset(of: .defined) else {
+                throw ProtocolViolation(.protocolError, "undefined DATA flags")
+            }
+            guard !dataFlags.isSuperset(of: [.request, .response]) else {
+                throw ProtocolViolation(.protocolError, "DATA cannot be both REQUEST and RESPONSE")
+            }
+        } else if flags != 0 {
+            throw ProtocolViolation(.protocolError, "undefined flags on \(type)")
+        }
+        guard reserved == 0 else {
+            throw ProtocolViolation(.protocolError, "reserved header bits must be zero")
+        }
+        switch type {
+        case .hello, .flow, .error, .goodbye:
+            guard id == 0 else { throw ProtocolViolation(.protocolError, "\(type) id must be zero") }
+        default:
+            break
+        }
+        switch type {
+        case .ack, .pong, .goodbye:
+            guard length == 0 else { throw ProtocolViolation(.protocolError, "\(type) payload must be empty") }
+        case .flow:
+            guard length == 1 else { throw ProtocolViolation(.protocolError, "FLOW payload must be one byte") }
+        case .error:
+            guard length >= 3 else { throw ProtocolViolation(.protocolError, "ERROR payload too short") }
+            guard length <= 2 + Frame.maximumErrorReason else {
+                throw ProtocolViolation(.protocolError, "ERROR reason longer than 1024 bytes")
+            }
+        case .ping:
+            guard length <= Frame.maximumPingPayload else {
+                throw ProtocolViolation(.protocolError, "PING payload longer than 65536 bytes")
+            }
+        case .data:
+            guard length >= 1 else { throw ProtocolViolation(.protocolError, "DATA payload too short") }
+        default:
+            break
+        }
+    }
+
+    static func validatePayload(type: FrameType, payload: ByteBuffer) throws(ProtocolViolation) {
+        switch type {
+        case .flow:
+            let value = payload.getInteger(at: payload.readerIndex, as: UInt8.self)!
+            guard value == FlowSignal.resume.rawValue || value == FlowSignal.slowDown.rawValue else {
+                throw ProtocolViolation(.protocolError, "FLOW value must be 0 or 1")
+            }
+        case .error:
+            let reason = payload.getSlice(at: payload.readerIndex + 2, length: payload.readableBytes - 2)!
+            guard reason.isValidUTF8 else {
+                throw ProtocolViolation(.protocolError, "ERROR reason is not UTF-8")
+            }
+        case .data:
+            let topicLength = Int(payload.getInteger(at: payload.readerIndex, as: UInt8.self)!)
+            guard payload.readableBytes >= 1 + topicLength else {
+                throw ProtocolViolation(.protocolError, "DATA payload shorter than its topic")
+            }
+            let topic = payload.getSlice(at: payload.readerIndex + 1, length: topicLength)!
+            guard topic.isValidUTF8 else {
+                throw ProtocolViolation(.protocolError, "DATA topic is not UTF-8")
+            }
+        default:
+            break
+        }
+    }
+}
+
+/// The FLOW frame's single payload byte.
+public enum FlowSignal: UInt8, Sendable {
+    case resume = 0x00
+    case slowDown = 0x01
+}
+
+extension ByteBuffer {
+    /// Whether the readable bytes are valid UTF-8 (ASCII takes the fast path).
+    var isValidUTF8: Bool {
+        self.withUnsafeReadableBytes { bytes in
+            if bytes.allSatisfy({ $0 < 0x80 }) { return true }
+            return String(validating: bytes, as: UTF8.self) != nil
+        }
+    }
+}

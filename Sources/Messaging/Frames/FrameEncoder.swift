@@ -1,0 +1,65 @@
+public import NIOCore
+
+/// Writes ``Frame``s as bytes: the header and payload in one buffer, with a large DATA body
+/// (``Frame/body``) written after it as it is, uncopied.
+public struct FrameEncoder: Sendable {
+    /// Bodies at least this large are written as their own buffer instead of being copied.
+    public static let copyLimit = 8192
+
+    public init() {}
+
+    /// The header of `frame` written into `buffer`.
+    public static func writeHeader(of frame: Frame, into buffer: inout ByteBuffer) {
+        buffer.writeMultipleIntegers(
+            UInt32(frame.length),
+            frame.type.rawValue,
+            frame.flags,
+            UInt16(0),
+            frame.id,
+            frame.timestamp
+        )
+    }
+
+    /// Encodes `frame` into one or two buffers, calling `emit` for each in order.
+    public func encode(_ frame: Frame, allocator: ByteBufferAllocator, emit: (ByteBuffer) -> Void) {
+        let bodyBytes = frame.body?.readableBytes ?? 0
+        let copyBody = bodyBytes < Self.copyLimit
+        var buffer = allocator.buffer(
+            capacity: Frame.headerSize + frame.payload.readableBytes + (copyBody ? bodyBytes : 0)
+        )
+        Self.writeHeader(of: frame, into: &buffer)
+        buffer.writeImmutableBuffer(frame.payload)
+        if let body = frame.body {
+            if copyBody {
+                buffer.writeImmutableBuffer(body)
+                emit(buffer)
+            } else {
+                emit(buffer)
+                emit(body)
+            }
+        } else {
+            emit(buffer)
+        }
+    }
+}
+
+/// The outbound half of the frame codec as a channel handler.
+public final class FrameEncoderHandler: ChannelOutboundHandler, Sendable {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    private let encoder = FrameEncoder()
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = Self.unwrapOutboundIn(data)
+        var parts = 0
+        let expected = (frame.body?.readableBytes ?? 0) >= FrameEncoder.copyLimit ? 2 : 1
+        self.encoder.encode(frame, allocator: context.channel.allocator) { buffer in
+            parts += 1
+            // The write's promise completes with its last part.
+            context.write(Self.wrapOutboundOut(buffer), promise: parts == expected ? promise : nil)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+/// An error the messaging API reports to the application.
+public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+
+        private init(_ name: String) {
+            self.name = name
+        }
+
+        /// The session is not open yet.
+        public static let notOpen = Code("not open")
+        /// The session is closing (GOODBYE sent or received) or closed.
+        public static let closing = Code("closing")
+        /// The connection ended.
+        public static let connectionClosed = Code("connection closed")
+        /// The payload would exceed the peer's max_frame.
+        public static let payloadTooLarge = Code("payload too large")
+        /// The topic is longer than 255 bytes.
+        public static let topicTooLong = Code("topic too long")
+        /// No RESPONSE came within the request's timeout.
+        public static let requestTimedOut = Code("request timed out")
+        /// There is no REQUEST to answer with that id.
+        public static let noSuchRequest = Code("no such request")
+        /// The peer sent ERROR (see ``MessagingError/peerCode``).
+        public static let peerError = Code("peer error")
+        /// We sent ERROR to the peer because it broke the protocol or timed out.
+        public static let protocolViolation = Code("protocol violation")
+        /// The connection could not be set up (TCP, TLS or HELLO).
+        public static let connectFailed = Code("connect failed")
+        /// The server or client is shutting down.
+        public static let shuttingDown = Code("shutting down")
+
+        public var description: String { self.name }
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// A readable explanation.
+    public var reason: String
+    /// The smsg/1 ERROR code involved, when an ERROR was sent or received.
+    public var errorCode: ErrorCode?
+
+    public init(_ code: Code, _ reason: String, errorCode: ErrorCode? = nil) {
+        self.code = code
+        self.reason = reason
+        self.errorCode = errorCode
+    }
+
+    public var description: String {
+        if let errorCode {
+            return "MessagingError(\(self.code), \(errorCode)): \(self.reason)"
+        }
+        return "MessagingError(\(self.code)): \(self.reason)"
+    }
+}
+
+extension MessagingError {
+    init(_ refusal: SessionStateMachine.SendRefusal) {
+        switch refusal {
+        case .notOpen:
+            self.init(.notOpen, "the session is not open yet")
+        case .closing:
+            self.init(.closing, "the session is closing")
+        case .tooLarge(let limit):
+            self.init(.payloadTooLarge, "the payload exceeds the peer's max_frame of \(limit) bytes")
+        case .topicTooLong:
+            self.init(.topicTooLong, "a topic is at most 255 bytes")
+        case .noSuchRequest:
+            self.init(.noSuchRequest, "no REQUEST with that id is waiting for a response")
+        }
+    }
+}

@@ -1,0 +1,189 @@
+public import Logging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
+
+/// An smsg/1 server over TLS or plain TCP.
+///
+/// Each accepted connection becomes a ``Session``; once its HELLO exchange is done, the
+/// handler runs with it (in its own task) until it returns, and the session is then closed
+/// gracefully. The server is a `Service`: `run()` serves until it is cancelled or a graceful
+/// shutdown is triggered (``shutdown()`` or a `ServiceGroup` signal), which sends GOODBYE on
+/// every session, waits up to the drain timeout, sends ERROR GOING_AWAY to the sessions still
+/// open and closes them.
+///
+/// ```swift
+/// let server = SecureMessagingServer(configuration: .init(port: 7443), transport: tls, logger: logger) { session in
+///     for try await message in session.messages {
+///         if message.isRequest {
+///             try await session.respond(to: message, body: message.body)
+///         }
+///     }
+/// }
+/// try await server.run()
+/// ```
+public final class SecureMessagingServer: Service, Sendable {
+    /// Serves one open session.
+    public typealias Handler = @Sendable (Session) async throws -> Void
+
+    public let configuration: ServerConfiguration
+    public let transport: any MessagingTransport
+    /// The live sessions.
+    public let registry = SessionRegistry()
+
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let handler: Handler
+    private let listening: EventLoopPromise<SocketAddress>
+    private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let shuttingDown = NIOLockedValueBox(false)
+
+    public init(
+        configuration: ServerConfiguration,
+        transport: any MessagingTransport,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        handler: @escaping Handler
+    ) {
+        self.configuration = configuration
+        self.transport = transport
+        self.group = group
+        self.logger = logger
+        self.handler = handler
+        self.listening = group.next().makePromise(of: SocketAddress.self)
+    }
+
+    /// The number of live connections: exact at every moment.
+    public var activeSessionCount: Int { self.registry.count }
+
+    /// The address the server listens on, once it does.
+    public func listeningAddress() async throws -> SocketAddress {
+        try await self.listening.futureResult.get()
+    }
+
+    /// Serves until cancelled or shut down.
+    public func run() async throws {
+        let channel: NIOAsyncChannel<Session, Never>
+        do {
+            channel = try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: self.configuration.host, port: self.configuration.port) { child in
+                    child.eventLoop.makeCompletedFuture { try self.setUp(child) }
+                }
+        } catch {
+            self.listening.fail(error)
+            throw error
+        }
+        self.serverChannel.withLockedValue { $0 = channel.channel }
+        if let address = channel.channel.localAddress {
+            self.logger.info("listening", metadata: ["address": "\(address)"])
+            self.listening.succeed(address)
+        }
+        if self.shuttingDown.withLockedValue({ $0 }) {
+            channel.channel.close(promise: nil)
+        }
+
+        try await withGracefulShutdownHandler {
+            try await channel.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await session in inbound {
+                        group.addTask { await self.serve(session) }
+                    }
+                    // No more connections: say GOODBYE to the sessions still here.
+                    for session in self.registry.all {
+                        session.beginClose(goingAway: true)
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            self.shutdown()
+        }
+        self.logger.info("stopped")
+    }
+
+    /// Stops accepting connections and closes every session gracefully; `run()` returns once
+    /// they are all closed.
+    public func shutdown() {
+        let channel: (any Channel)? = self.shuttingDown.withLockedValue { down in
+            down = true
+            return self.serverChannel.withLockedValue { $0 }
+        }
+        channel?.close(promise: nil)
+    }
+
+    /// Sends a message to every open session without waiting on any of them. Returns the
+    /// number of sessions it was sent to.
+    @discardableResult
+    public func broadcast(topic: String, body: ByteBuffer) -> Int {
+        let sessions = self.registry.open
+        for session in sessions {
+            session.sendWithoutWaiting(topic: topic, body: body)
+        }
+        return sessions.count
+    }
+
+    private func setUp(_ channel: any Channel) throws -> Session {
+        let config = self.configuration
+        let sessionID = SessionIDGenerator.next()
+        let session = Session(channel: channel, sessionID: sessionID, configuration: config.session)
+        var rejection: ProtocolViolation?
+        if self.shuttingDown.withLockedValue({ $0 }) {
+            rejection = ProtocolViolation(.goingAway, "server shutting down")
+        } else if self.registry.add(session, limit: config.maxConnections) {
+            let registry = self.registry
+            channel.closeFuture.whenComplete { _ in registry.remove(session) }
+        } else {
+            rejection = ProtocolViolation(.serverBusy, "connection limit reached")
+        }
+        try self.transport.configure(channel, serverHostname: nil)
+        let hello = Hello(
+            nodeID: config.nodeID,
+            role: config.role,
+            heartbeatMilliseconds: Int(config.session.heartbeatInterval.nanoseconds / 1_000_000),
+            maxFrame: config.session.maxFrame,
+            metadata: config.metadata,
+            sessionID: sessionID
+        )
+        var logger = self.logger
+        logger[metadataKey: "session_id"] = "\(sessionID)"
+        if let remote = channel.remoteAddress {
+            logger[metadataKey: "remote"] = "\(remote)"
+        }
+        let handler = SessionHandler(
+            role: .server,
+            hello: hello,
+            configuration: config.session,
+            session: session,
+            waitsForTLS: self.transport.isSecure,
+            requireCertificateIdentity: config.requireCertificateIdentity,
+            rejection: rejection,
+            logger: logger
+        )
+        session.attach(handler)
+        try channel.addSessionHandlers(handler, maxFrame: config.session.maxFrame)
+        return session
+    }
+
+    private func serve(_ session: Session) async {
+        do {
+            try await session.waitUntilOpen()
+        } catch {
+            await session.waitUntilClosed()
+            return
+        }
+        do {
+            try await self.handler(session)
+            session.beginClose()
+        } catch {
+            self.logger.error(
+                "session handler failed",
+                metadata: ["session_id": "\(session.sessionID ?? "")", "error": "\(error)"]
+            )
+            session.fail(code: .internal, reason: "internal error")
+        }
+        await session.waitUntilClosed()
+    }
+}

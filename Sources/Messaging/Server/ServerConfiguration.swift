@@ -1,0 +1,43 @@
+/// Settings of a ``SecureMessagingServer``.
+public struct ServerConfiguration: Sendable, Hashable {
+    /// The address to listen on.
+    public var host: String
+    /// The port to listen on; 0 picks a free one (see ``SecureMessagingServer/listeningAddress()``).
+    public var port: Int
+    /// The server's `node_id` in its HELLO.
+    public var nodeID: String = "server"
+    /// The server's `role` in its HELLO.
+    public var role: String = "server"
+    /// The server's HELLO `metadata`.
+    public var metadata: [String: String] = [:]
+    /// Protocol settings of every session.
+    public var session = SessionConfiguration()
+    /// The most connections served at once; one more gets ERROR SERVER_BUSY.
+    public var maxConnections: Int = 10_000
+    /// With TLS client certificates: refuse (UNAUTHORIZED) a client whose HELLO `node_id` is
+    /// not its certificate's identity (first SAN DNS name, else subject CN).
+    public var requireCertificateIdentity: Bool = false
+
+    public init(host: String = "127.0.0.1", port: Int = 0) {
+        self.host = host
+        self.port = port
+    }
+}
+
+/// Settings of a ``SecureClient``.
+public struct ClientConfiguration: Sendable, Hashable {
+    /// The client's `node_id`: 1 to 128 of `A–Z a–z 0–9 . _ : @ -`.
+    public var nodeID: String
+    /// The client's `role`.
+    public var role: String = "client"
+    /// The client's HELLO `metadata`.
+    public var metadata: [String: String] = [:]
+    /// Protocol settings.
+    public var session = SessionConfiguration()
+    /// How long the TCP connect may take.
+    public var connectTimeout: Duration = .seconds(10)
+
+    public init(nodeID: String) {
+        self.nodeID = nodeID
+    }
+}

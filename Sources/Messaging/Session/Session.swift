@@ -1,0 +1,246 @@
+import NIOConcurrencyHelpers
+public import NIOCore
+public import SecureTransport
+
+/// Where a session is in its life.
+public enum SessionState: Sendable, Hashable {
+    /// TCP connected or accepted; TLS handshake under way (when TLS is used).
+    case handshaking
+    /// Transport ready; HELLOs being exchanged.
+    case awaitingHello
+    case open
+    /// GOODBYE sent or received.
+    case draining
+    case closed
+}
+
+/// One smsg/1 connection, on either side: send, request, respond, receive, close.
+///
+/// A `Session` is a thread-safe handle; the protocol runs on the channel's event loop.
+/// Received messages come from ``messages``, in order, one consumer at a time.
+public final class Session: Sendable {
+    /// The channel under the session.
+    public let channel: any Channel
+    /// The session id: the server's own for a server session, the server's HELLO value for a
+    /// client session (known once open).
+    public var sessionID: String? { self.state.withLockedValue { $0.sessionID } }
+    /// The peer's HELLO, once the session is open.
+    public var peer: Hello? { self.state.withLockedValue { $0.peer } }
+    /// The peer's TLS certificate, when it presented one.
+    public var peerCertificate: PeerCertificate? { self.state.withLockedValue { $0.peerCertificate } }
+    /// The current state.
+    public var currentState: SessionState { self.state.withLockedValue { $0.lifecycle } }
+    /// The round-trip time of the latest PING answered.
+    public var lastRoundTrip: TimeAmount? { self.state.withLockedValue { $0.lastRoundTrip } }
+    /// The latest FLOW signal from the peer.
+    public var peerFlow: FlowSignal { self.state.withLockedValue { $0.peerFlow } }
+    /// The number of ACKs received.
+    public var acksReceived: Int { self.state.withLockedValue { $0.acksReceived } }
+    /// Messages received and not yet taken by the application.
+    public var queuedMessageCount: Int { self.inbound.count }
+    /// The peer's address.
+    public var remoteAddress: SocketAddress? { self.channel.remoteAddress }
+
+    /// The messages received, in order.
+    public var messages: InboundMessages { InboundMessages(queue: self.inbound) }
+
+    let inbound: InboundQueue
+    private let state: NIOLockedValueBox<State>
+    private let handler: NIOLoopBoundBox<SessionHandler?>
+    private let openPromise: EventLoopPromise<Void>
+    private let configuration: SessionConfiguration
+
+    private struct State {
+        var lifecycle: SessionState = .handshaking
+        var sessionID: String?
+        var peer: Hello?
+        var peerCertificate: PeerCertificate?
+        var lastRoundTrip: TimeAmount?
+        var pingsInFlight: [UInt64: NIODeadline] = [:]
+        var peerFlow: FlowSignal = .resume
+        var acksReceived = 0
+        var pingStatus: ByteBuffer = ByteBuffer()
+    }
+
+    init(channel: any Channel, sessionID: String?, configuration: SessionConfiguration) {
+        self.channel = channel
+        self.configuration = configuration
+        self.state = NIOLockedValueBox(State(sessionID: sessionID))
+        self.handler = NIOLoopBoundBox(nil, eventLoop: channel.eventLoop)
+        self.openPromise = channel.eventLoop.makePromise(of: Void.self)
+        let handlerBox = self.handler
+        let loop = channel.eventLoop
+        self.inbound = InboundQueue { message in
+            guard message.flags.contains(.ackRequested), !message.isResponse else { return }
+            let id = message.id
+            if loop.inEventLoop {
+                handlerBox.value?.sendAck(id: id)
+            } else {
+                loop.execute { handlerBox.value?.sendAck(id: id) }
+            }
+        }
+    }
+
+    /// Attaches the handler; call on the event loop while building the pipeline.
+    func attach(_ handler: SessionHandler) {
+        self.handler.value = handler
+    }
+
+    // MARK: - Application API
+
+    /// Sends a message. Returns once it is written to the connection.
+    ///
+    /// - Parameter ackRequested: ask the peer to ACK once its application has taken it.
+    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
+        let promise = self.channel.eventLoop.makePromise(of: Void.self)
+        let flags: DataFlags = ackRequested ? .ackRequested : []
+        self.onLoop { handler in
+            guard let handler else {
+                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+                return
+            }
+            _ = handler.sendData(topic: topic, body: body, flags: flags, promise: promise)
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Sends a message without waiting for it to be written; failures are dropped (the
+    /// session's own errors still close it).
+    public func sendWithoutWaiting(topic: String, body: ByteBuffer) {
+        self.onLoop { handler in
+            _ = handler?.sendData(topic: topic, body: body, flags: [], promise: nil)
+        }
+    }
+
+    /// Sends a REQUEST and waits for its RESPONSE.
+    ///
+    /// - Throws: ``MessagingError`` with ``MessagingError/Code/requestTimedOut`` when no
+    ///   RESPONSE comes within `timeout`, ``MessagingError/Code/connectionClosed`` when the
+    ///   connection is lost first.
+    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
+        let promise = self.channel.eventLoop.makePromise(of: Message.self)
+        let timeout = timeout ?? self.configuration.requestTimeout
+        self.onLoop { handler in
+            guard let handler else {
+                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+                return
+            }
+            handler.sendRequest(topic: topic, body: body, timeout: timeout, promise: promise)
+        }
+        return try await promise.futureResult.get()
+    }
+
+    /// Answers a REQUEST. The topic defaults to the request's.
+    public func respond(to request: Message, topic: String? = nil, body: ByteBuffer) async throws {
+        let promise = self.channel.eventLoop.makePromise(of: Void.self)
+        let topic = topic ?? request.topic
+        let id = request.id
+        self.onLoop { handler in
+            guard let handler else {
+                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+                return
+            }
+            handler.sendResponse(to: id, topic: topic, body: body, promise: promise)
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Closes gracefully: GOODBYE, then waits for the peer's GOODBYE (or the drain timeout)
+    /// and for the connection to close.
+    public func close() async {
+        self.onLoop { handler in handler?.beginGoodbye(goingAway: false) }
+        await self.waitUntilClosed()
+    }
+
+    /// Starts a graceful close without waiting; with `goingAway`, sessions that do not answer
+    /// GOODBYE within the drain timeout get ERROR GOING_AWAY.
+    public func beginClose(goingAway: Bool = false) {
+        self.onLoop { handler in handler?.beginGoodbye(goingAway: goingAway) }
+    }
+
+    /// Sends ERROR with `code` and `reason` and closes.
+    public func fail(code: ErrorCode, reason: String) {
+        self.onLoop { handler in handler?.fail(code: code, reason: reason) }
+    }
+
+    /// Sets the status blob sent with every PING from now on (at most 65,536 bytes).
+    public func setPingStatus(_ status: ByteBuffer) {
+        precondition(status.readableBytes <= Frame.maximumPingPayload, "a PING status is at most 65,536 bytes")
+        self.state.withLockedValue { $0.pingStatus = status }
+    }
+
+    /// Waits until the HELLO exchange is done.
+    ///
+    /// - Throws: the reason the session never opened.
+    public func waitUntilOpen() async throws {
+        try await self.openPromise.futureResult.get()
+    }
+
+    /// Waits until the connection has closed.
+    public func waitUntilClosed() async {
+        try? await self.channel.closeFuture.get()
+    }
+
+    private func onLoop(_ body: @escaping @Sendable (SessionHandler?) -> Void) {
+        let handler = self.handler
+        if self.channel.eventLoop.inEventLoop {
+            body(handler.value)
+        } else {
+            self.channel.eventLoop.execute { body(handler.value) }
+        }
+    }
+
+    // MARK: - Reports from the handler (on the event loop)
+
+    func transportReady(peerCertificate: PeerCertificate?) {
+        self.state.withLockedValue {
+            $0.peerCertificate = peerCertificate
+            $0.lifecycle = .awaitingHello
+        }
+    }
+
+    func opened(peer: Hello) {
+        self.state.withLockedValue {
+            $0.peer = peer
+            $0.lifecycle = .open
+            if $0.sessionID == nil {
+                $0.sessionID = peer.sessionID
+            }
+        }
+        self.openPromise.succeed(())
+    }
+
+    func connectionEnded(failure: MessagingError?) {
+        self.state.withLockedValue { $0.lifecycle = .closed }
+        self.inbound.finish(error: failure)
+        self.openPromise.fail(failure ?? MessagingError(.connectionClosed, "the connection closed before HELLO"))
+    }
+
+    func recordPingSent(id: UInt64) {
+        self.state.withLockedValue { $0.pingsInFlight[id] = .now() }
+    }
+
+    func recordPong(id: UInt64) {
+        self.state.withLockedValue { state in
+            if let sent = state.pingsInFlight.removeValue(forKey: id) {
+                state.lastRoundTrip = .now() - sent
+            }
+        }
+    }
+
+    func recordAck(id: UInt64) {
+        self.state.withLockedValue { $0.acksReceived += 1 }
+    }
+
+    func recordFlow(_ signal: FlowSignal) {
+        self.state.withLockedValue { $0.peerFlow = signal }
+    }
+
+    func pingStatus() -> ByteBuffer {
+        self.state.withLockedValue { $0.pingStatus }
+    }
+
+    func markDraining() {
+        self.state.withLockedValue { $0.lifecycle = .draining }
+    }
+}

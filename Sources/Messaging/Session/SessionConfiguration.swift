@@ -1,0 +1,18 @@
+public import NIOCore
+
+/// The protocol settings of a session, for servers and clients alike.
+public struct SessionConfiguration: Sendable, Hashable {
+    /// How long this side may stay silent before it sends PING. Announced as `heartbeat_ms`.
+    public var heartbeatInterval: TimeAmount = .seconds(5)
+    /// Server: how long a client has to send HELLO once the transport is ready.
+    /// Client: how long it waits for the server's HELLO.
+    public var helloTimeout: TimeAmount = .seconds(5)
+    /// The largest payload accepted. Announced as `max_frame`; at least 65,536.
+    public var maxFrame: Int = Frame.defaultMaxFrame
+    /// How long a graceful close waits for the peer's GOODBYE.
+    public var drainTimeout: TimeAmount = .seconds(5)
+    /// How long a request waits for its RESPONSE unless the call says otherwise.
+    public var requestTimeout: TimeAmount = .seconds(30)
+
+    public init() {}
+}

@@ -1,0 +1,444 @@
+import Logging
+import NIOCore
+import SecureTransport
+
+/// Runs a ``SessionStateMachine`` on a channel: turns its actions into frames, timers,
+/// deliveries to the application and closes.
+///
+/// Pipeline position: above the frame codec, which sits above the transport's handlers.
+final class SessionHandler: ChannelInboundHandler {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+
+    /// How long the sender of an ERROR keeps reading (and discarding) before it closes.
+    static let errorLingerTime: TimeAmount = .seconds(1)
+
+    private var machine: SessionStateMachine
+    private let session: Session
+    private let waitsForTLS: Bool
+    private let rejection: ProtocolViolation?
+    private let logger: Logger
+    private let configuration: SessionConfiguration
+    private var context: ChannelHandlerContext?
+
+    private var heartbeatTimer: Scheduled<Void>?
+    private var phaseTimer: Scheduled<Void>?
+    private var lastReceived = NIODeadline.now()
+    private var lastSent = NIODeadline.now()
+    private var pendingRequests: [UInt64: PendingRequest] = [:]
+    private var goodbyeOwed = false
+    private var failureReported: MessagingError?
+
+    private struct PendingRequest {
+        var promise: EventLoopPromise<Message>
+        var timer: Scheduled<Void>?
+    }
+
+    init(
+        role: SessionStateMachine.Role,
+        hello: Hello,
+        configuration: SessionConfiguration,
+        session: Session,
+        waitsForTLS: Bool,
+        requireCertificateIdentity: Bool = false,
+        rejection: ProtocolViolation? = nil,
+        logger: Logger
+    ) {
+        self.machine = SessionStateMachine(
+            configuration: .init(
+                role: role,
+                hello: hello,
+                heartbeatInterval: configuration.heartbeatInterval,
+                maxFrame: configuration.maxFrame,
+                requiredIdentity: nil
+            )
+        )
+        self.requireCertificateIdentity = requireCertificateIdentity
+        self.session = session
+        self.waitsForTLS = waitsForTLS
+        self.rejection = rejection
+        self.logger = logger
+        self.configuration = configuration
+    }
+
+    private let requireCertificateIdentity: Bool
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive, !self.waitsForTLS {
+            self.transportReady(context: context, peerCertificate: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.cancelTimers()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !self.waitsForTLS {
+            self.transportReady(context: context, peerCertificate: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSHandshakeCompleted {
+            self.transportReady(context: context, peerCertificate: event.info.peerCertificate)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = Self.unwrapInboundIn(data)
+        self.lastReceived = .now()
+        switch self.machine.receive(frame) {
+        case .none:
+            break
+        case .opened(let peer, let reply):
+            self.opened(context: context, peer: peer, reply: reply)
+        case .deliver(let message):
+            self.session.inbound.push(message)
+        case .response(let message):
+            if var pending = self.pendingRequests.removeValue(forKey: message.id) {
+                pending.timer?.cancel()
+                pending.timer = nil
+                pending.promise.succeed(message)
+            }
+        case .sendPong(let id):
+            self.write(context: context, Frame(type: .pong, id: id), flush: true)
+        case .pong(let id):
+            self.session.recordPong(id: id)
+        case .ack(let id):
+            self.session.recordAck(id: id)
+        case .flow(let signal):
+            self.session.recordFlow(signal)
+        case .fail(let violation):
+            self.sendErrorAndClose(context: context, violation)
+        case .peerFailed(let code, let reason):
+            self.logger.debug("peer sent ERROR", metadata: ["code": "\(code)", "reason": "\(reason)"])
+            self.recordFailure(MessagingError(.peerError, reason, errorCode: code))
+            context.close(promise: nil)
+        case .goodbyeReceived:
+            self.session.inbound.finish()
+            self.goodbyeOwed = true
+            self.answerGoodbyeIfReady(context: context)
+            if self.goodbyeOwed {
+                self.startPhaseTimer(context: context, after: self.configuration.drainTimeout) { handler, context in
+                    handler.goodbyeOwed = false
+                    _ = handler.machine.sendGoodbye()
+                    handler.write(context: context, Frame(type: .goodbye), flush: true)
+                    context.close(promise: nil)
+                }
+            }
+        case .goodbyeComplete:
+            self.phaseTimer?.cancel()
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch error {
+        case let violation as ProtocolViolation:
+            self.machine.close()
+            self.sendErrorAndClose(context: context, violation, alreadyClosed: true)
+        case let error as TLSError:
+            self.logger.debug("TLS failure", metadata: ["error": "\(error)"])
+            if error.code != .truncatedConnection || self.machine.state != .closed {
+                self.recordFailure(MessagingError(.connectionClosed, "\(error)"))
+            }
+            context.close(promise: nil)
+        default:
+            self.logger.debug("channel error", metadata: ["error": "\(error)"])
+            self.recordFailure(MessagingError(.connectionClosed, "\(error)"))
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.cancelTimers()
+        let wasOpenOrClosing = self.machine.state != .idle && self.machine.state != .awaitingHello
+        self.machine.close()
+        let failure =
+            self.failureReported
+            ?? MessagingError(.connectionClosed, wasOpenOrClosing ? "the connection closed" : "closed before HELLO")
+        for (_, pending) in self.pendingRequests {
+            pending.timer?.cancel()
+            pending.promise.fail(failure)
+        }
+        self.pendingRequests.removeAll()
+        self.session.connectionEnded(failure: self.failureReported)
+        context.fireChannelInactive()
+    }
+
+    // MARK: - Lifecycle
+
+    private func transportReady(context: ChannelHandlerContext, peerCertificate: PeerCertificate?) {
+        guard self.machine.state == .idle else { return }
+        self.session.transportReady(peerCertificate: peerCertificate)
+        if self.requireCertificateIdentity {
+            self.machine.requireIdentity(peerCertificate?.identity ?? "")
+        }
+        if let rejection = self.rejection {
+            self.machine.close()
+            self.sendErrorAndClose(context: context, rejection, alreadyClosed: true)
+            return
+        }
+        if let hello = self.machine.transportReady() {
+            self.write(context: context, Frame(type: .hello, payload: ByteBuffer(bytes: hello.encoded())), flush: true)
+        }
+        self.startPhaseTimer(context: context, after: self.configuration.helloTimeout) { handler, context in
+            if let violation = handler.machine.helloTimedOut() {
+                handler.sendErrorAndClose(context: context, violation, alreadyClosed: true)
+            }
+        }
+    }
+
+    private func opened(context: ChannelHandlerContext, peer: Hello, reply: Hello?) {
+        self.phaseTimer?.cancel()
+        self.phaseTimer = nil
+        if let reply {
+            self.write(context: context, Frame(type: .hello, payload: ByteBuffer(bytes: reply.encoded())), flush: true)
+        }
+        self.session.opened(peer: peer)
+        self.scheduleHeartbeat(context: context, in: self.configuration.heartbeatInterval)
+    }
+
+    private func scheduleHeartbeat(context: ChannelHandlerContext, in delay: TimeAmount) {
+        self.heartbeatTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.heartbeatTimer = nil
+            self.heartbeat(context: context)
+        }
+    }
+
+    private func heartbeat(context: ChannelHandlerContext) {
+        guard self.machine.state != .closed else { return }
+        let now = NIODeadline.now()
+        let timeout = self.machine.heartbeatTimeout
+        if now - self.lastReceived >= timeout {
+            self.machine.close()
+            self.sendErrorAndClose(
+                context: context,
+                ProtocolViolation(.timeout, "no traffic within the heartbeat timeout"),
+                alreadyClosed: true
+            )
+            return
+        }
+        let interval = self.configuration.heartbeatInterval
+        if now - self.lastSent >= interval {
+            let id = self.machine.nextPingID()
+            self.session.recordPingSent(id: id)
+            self.write(context: context, Frame(type: .ping, id: id, payload: self.session.pingStatus()), flush: true)
+        }
+        let nextPing = self.lastSent + interval
+        let deadline = self.lastReceived + timeout
+        let next = min(nextPing, deadline)
+        self.scheduleHeartbeat(context: context, in: max(next - NIODeadline.now(), .milliseconds(1)))
+    }
+
+    private func startPhaseTimer(
+        context: ChannelHandlerContext,
+        after delay: TimeAmount,
+        _ body: @escaping (SessionHandler, ChannelHandlerContext) -> Void
+    ) {
+        self.phaseTimer?.cancel()
+        self.phaseTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.phaseTimer = nil
+            body(self, context)
+        }
+    }
+
+    private func cancelTimers() {
+        self.heartbeatTimer?.cancel()
+        self.heartbeatTimer = nil
+        self.phaseTimer?.cancel()
+        self.phaseTimer = nil
+    }
+
+    private func recordFailure(_ error: MessagingError) {
+        if self.failureReported == nil {
+            self.failureReported = error
+        }
+    }
+
+    /// Sends ERROR, shuts down our write side, discards input for up to a second, closes.
+    private func sendErrorAndClose(
+        context: ChannelHandlerContext,
+        _ violation: ProtocolViolation,
+        alreadyClosed: Bool = false
+    ) {
+        self.machine.close()
+        self.logger.debug(
+            "sending ERROR",
+            metadata: ["code": "\(violation.code)", "reason": "\(violation.reason)"]
+        )
+        self.recordFailure(MessagingError(.protocolViolation, violation.reason, errorCode: violation.code))
+        self.session.inbound.finish(error: self.failureReported)
+        var payload = context.channel.allocator.buffer(capacity: 2 + violation.reason.utf8.count)
+        payload.writeInteger(violation.code.rawValue)
+        payload.writeString(String(violation.reason.utf8.prefix(Frame.maximumErrorReason)) ?? "error")
+        self.write(context: context, Frame(type: .error, payload: payload), flush: true)
+        context.close(mode: .output, promise: nil)
+        self.cancelTimers()
+        self.phaseTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.errorLingerTime) {
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: - Writes from the application (on the event loop)
+
+    private func write(
+        context: ChannelHandlerContext,
+        _ frame: Frame,
+        flush: Bool,
+        promise: EventLoopPromise<Void>? = nil
+    ) {
+        var frame = frame
+        frame.timestamp = WallClock.nowMicroseconds()
+        context.write(Self.wrapOutboundOut(frame), promise: promise)
+        if flush {
+            context.flush()
+        }
+        self.lastSent = .now()
+    }
+
+    func sendData(topic: String, body: ByteBuffer, flags: DataFlags, promise: EventLoopPromise<Void>?) -> UInt64? {
+        guard let context = self.context else {
+            promise?.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return nil
+        }
+        let id: UInt64
+        do {
+            id = try self.machine.prepareData(topicBytes: topic.utf8.count, bodyBytes: body.readableBytes, flags: flags)
+        } catch {
+            promise?.fail(self.failureReported ?? MessagingError(error))
+            return nil
+        }
+        self.write(
+            context: context,
+            Self.dataFrame(topic: topic, body: body, flags: flags, id: id),
+            flush: true,
+            promise: promise
+        )
+        return id
+    }
+
+    func sendRequest(topic: String, body: ByteBuffer, timeout: TimeAmount, promise: EventLoopPromise<Message>) {
+        guard let context = self.context else {
+            promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return
+        }
+        let id: UInt64
+        do {
+            id = try self.machine.prepareData(
+                topicBytes: topic.utf8.count,
+                bodyBytes: body.readableBytes,
+                flags: .request
+            )
+        } catch {
+            promise.fail(self.failureReported ?? MessagingError(error))
+            return
+        }
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            if let pending = self.pendingRequests.removeValue(forKey: id) {
+                pending.promise.fail(MessagingError(.requestTimedOut, "no response within \(timeout)"))
+            }
+        }
+        self.pendingRequests[id] = PendingRequest(promise: promise, timer: timer)
+        self.write(context: context, Self.dataFrame(topic: topic, body: body, flags: .request, id: id), flush: true)
+    }
+
+    func sendResponse(to requestID: UInt64, topic: String, body: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        guard let context = self.context else {
+            promise?.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return
+        }
+        do {
+            try self.machine.respond(to: requestID, topicBytes: topic.utf8.count, bodyBytes: body.readableBytes)
+        } catch {
+            promise?.fail(self.failureReported ?? MessagingError(error))
+            return
+        }
+        self.write(
+            context: context,
+            Self.dataFrame(topic: topic, body: body, flags: .response, id: requestID),
+            flush: true,
+            promise: promise
+        )
+        self.answerGoodbyeIfReady(context: context)
+    }
+
+    func sendAck(id: UInt64) {
+        guard let context = self.context, self.machine.state != .closed else { return }
+        self.write(context: context, Frame(type: .ack, id: id), flush: true)
+    }
+
+    /// Starts a graceful close: GOODBYE now, then close when the peer's GOODBYE arrives or
+    /// after the drain timeout (with ERROR GOING_AWAY first when `goingAway` is set).
+    func beginGoodbye(goingAway: Bool) {
+        guard let context = self.context else { return }
+        switch self.machine.state {
+        case .idle, .awaitingHello:
+            self.machine.close()
+            if goingAway {
+                self.sendErrorAndClose(context: context, ProtocolViolation(.goingAway, "server shutting down"))
+            } else {
+                context.close(promise: nil)
+            }
+            return
+        case .closed:
+            return
+        case .open, .draining:
+            break
+        }
+        let (send, complete) = self.machine.sendGoodbye()
+        guard send else { return }
+        self.goodbyeOwed = false
+        self.write(context: context, Frame(type: .goodbye), flush: true)
+        if complete {
+            context.close(promise: nil)
+            return
+        }
+        self.startPhaseTimer(context: context, after: self.configuration.drainTimeout) { handler, context in
+            if goingAway {
+                handler.sendErrorAndClose(
+                    context: context,
+                    ProtocolViolation(.goingAway, "server shutting down"),
+                    alreadyClosed: true
+                )
+            } else {
+                handler.machine.close()
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    /// Sends ERROR with `code` and closes (application-initiated, e.g. OVERLOADED, UNAUTHORIZED).
+    func fail(code: ErrorCode, reason: String) {
+        guard let context = self.context, self.machine.state != .closed else { return }
+        self.sendErrorAndClose(context: context, ProtocolViolation(code, reason))
+    }
+
+    private func answerGoodbyeIfReady(context: ChannelHandlerContext) {
+        guard self.goodbyeOwed, self.machine.mayAnswerGoodbye else { return }
+        self.goodbyeOwed = false
+        _ = self.machine.sendGoodbye()
+        self.phaseTimer?.cancel()
+        self.phaseTimer = nil
+        self.write(context: context, Frame(type: .goodbye), flush: true)
+        context.close(promise: nil)
+    }
+
+    private static func dataFrame(topic: String, body: ByteBuffer, flags: DataFlags, id: UInt64) -> Frame {
+        var prefix = ByteBuffer()
+        prefix.reserveCapacity(1 + topic.utf8.count)
+        prefix.writeInteger(UInt8(topic.utf8.count))
+        prefix.writeString(topic)
+        return Frame(type: .data, flags: flags.rawValue, id: id, payload: prefix, body: body)
+    }
+}
+
+@available(*, unavailable)
+extension SessionHandler: Sendable {}

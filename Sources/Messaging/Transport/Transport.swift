@@ -1,0 +1,65 @@
+public import NIOCore
+public import SecureTransport
+
+/// How bytes get between the two sides: the one place plaintext and TLS differ.
+///
+/// A transport only sets up the bottom of a new channel's pipeline. Everything above it —
+/// frames, sessions, flow control, cleanup — is the same code for both.
+public protocol MessagingTransport: Sendable {
+    /// Whether the session must wait for a TLS handshake before it is ready.
+    var isSecure: Bool { get }
+
+    /// Adds the transport's handlers to a new channel. Called on the channel's event loop.
+    ///
+    /// - Parameter serverHostname: for a client, the name to verify the server against.
+    func configure(_ channel: any Channel, serverHostname: String?) throws
+}
+
+/// Plain TCP: nothing to add.
+public struct PlainTCPTransport: MessagingTransport {
+    public init() {}
+
+    public var isSecure: Bool { false }
+
+    public func configure(_ channel: any Channel, serverHostname: String?) throws {}
+}
+
+/// TLS over the system's OpenSSL, with one shared ``TLSContext``.
+public struct TLSTransport: MessagingTransport {
+    /// The context every connection of this transport uses.
+    public var context: TLSContext
+    /// How long the TLS handshake may take, from the TCP accept or connect.
+    public var handshakeTimeout: TimeAmount
+
+    public init(context: TLSContext, handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout) {
+        self.context = context
+        self.handshakeTimeout = handshakeTimeout
+    }
+
+    /// Builds the context from `configuration`.
+    public init(
+        configuration: TLSConfiguration,
+        handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout
+    ) throws {
+        self.init(context: try TLSContext(configuration: configuration), handshakeTimeout: handshakeTimeout)
+    }
+
+    public var isSecure: Bool { true }
+
+    public func configure(_ channel: any Channel, serverHostname: String?) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            TLSHandler(context: self.context, serverHostname: serverHostname, handshakeTimeout: self.handshakeTimeout)
+        )
+    }
+}
+
+extension Channel {
+    /// Adds the frame codec and a session handler above whatever the transport added.
+    func addSessionHandlers(_ handler: SessionHandler, maxFrame: Int) throws {
+        try self.pipeline.syncOperations.addHandlers(
+            ByteToMessageHandler(FrameDecoder(maxFrame: maxFrame)),
+            FrameEncoderHandler(),
+            handler
+        )
+    }
+}
