@@ -7,7 +7,8 @@ import Testing
 struct EchoTests {
     @Test("echo, request/response, ACK, PING/PONG", arguments: TransportKind.allCases)
     func basics(kind: TransportKind) async throws {
-        try await withServer(kind, configure: { $0.session.heartbeatInterval = .milliseconds(50) }) { server, port in
+        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(50) }
+        try await withServer(kind, configuration: configuration) { server, port in
             let client = try await connect(kind, port: port) { $0.session.heartbeatInterval = .milliseconds(50) }
             #expect(client.session.sessionID?.isEmpty == false)
             #expect(client.session.peer?.nodeID == "server")
@@ -60,7 +61,8 @@ struct EchoTests {
 
     @Test("empty and 255-byte topics, a 1 MiB body", arguments: TransportKind.allCases)
     func sizes(kind: TransportKind) async throws {
-        try await withServer(kind, configure: { $0.session.maxFrame = 2 << 20 }) { _, port in
+        let configuration = serverConfiguration { $0.session.maxFrame = 2 << 20 }
+        try await withServer(kind, configuration: configuration) { _, port in
             let client = try await connect(kind, port: port) { $0.session.maxFrame = 2 << 20 }
             let longTopic = String(repeating: "t", count: 255)
             for topic in ["", longTopic] {

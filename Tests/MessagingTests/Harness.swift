@@ -71,6 +71,13 @@ enum Certificates {
     }
 }
 
+/// A server configuration changed by `body`.
+func serverConfiguration(_ body: (inout ServerConfiguration) -> Void) -> ServerConfiguration {
+    var configuration = ServerConfiguration()
+    body(&configuration)
+    return configuration
+}
+
 let quietLogger = Logger(label: "smsg.test", factory: { _ in SwiftLogNoOpLogHandler() })
 
 /// Echoes like `securemsg bench server`: REQUEST → RESPONSE, other DATA → DATA back.
@@ -87,13 +94,11 @@ let echoHandler: SecureMessagingServer.Handler = { session in
 /// Runs a server for the duration of `body`, then shuts it down and waits for `run()`.
 func withServer<T>(
     _ kind: TransportKind,
-    configure: (inout ServerConfiguration) -> Void = { _ in },
+    configuration: ServerConfiguration = ServerConfiguration(),
     clientAuth: TLSConfiguration.ClientAuthentication = .none,
     handler: @escaping SecureMessagingServer.Handler = echoHandler,
     _ body: (SecureMessagingServer, Int) async throws -> T
 ) async throws -> T {
-    var configuration = ServerConfiguration()
-    configure(&configuration)
     let server = SecureMessagingServer(
         configuration: configuration,
         transport: try Certificates.serverTransport(kind, clientAuth: clientAuth),

@@ -39,7 +39,8 @@ struct LifecycleTests {
 
     @Test("the connection limit answers SERVER_BUSY")
     func connectionLimit() async throws {
-        try await withServer(.plaintext, configure: { $0.maxConnections = 2 }) { server, port in
+        let configuration = serverConfiguration { $0.maxConnections = 2 }
+        try await withServer(.plaintext, configuration: configuration) { server, port in
             let first = try await connect(.plaintext, port: port, nodeID: "one")
             let second = try await connect(.plaintext, port: port, nodeID: "two")
             let third = try await RawPeer.connect(.plaintext, port: port)

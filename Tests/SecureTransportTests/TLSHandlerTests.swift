@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SMSGTestSupport
 import NIOPosix
 import Testing
 

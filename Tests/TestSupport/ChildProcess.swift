@@ -1,14 +1,14 @@
 import Foundation
 import NIOConcurrencyHelpers
-import Testing
+public import Testing
 
 /// A child process (the openssl CLI) with its output collected as it comes.
-final class ChildProcess: Sendable {
+public final class ChildProcess: Sendable {
     private let process: Process
     private let input: Pipe
     private let collected = NIOLockedValueBox("")
 
-    init(_ executable: String, _ arguments: [String]) throws {
+    public init(_ executable: String, _ arguments: [String]) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [executable] + arguments
@@ -36,29 +36,36 @@ final class ChildProcess: Sendable {
     }
 
     /// Everything written to stdout and stderr so far.
-    var output: String { self.collected.withLockedValue { $0 } }
+    public var output: String { self.collected.withLockedValue { $0 } }
 
-    var isRunning: Bool { self.process.isRunning }
+    public var isRunning: Bool { self.process.isRunning }
 
-    var exitCode: Int32 { self.process.terminationStatus }
+    public var exitCode: Int32 { self.process.terminationStatus }
 
-    func write(_ text: String) {
+    public func write(_ text: String) {
         self.input.fileHandleForWriting.write(Data(text.utf8))
     }
 
-    func closeInput() {
+    public func closeInput() {
         try? self.input.fileHandleForWriting.close()
     }
 
-    func terminate() {
+    public func terminate() {
         if self.process.isRunning {
             self.process.terminate()
         }
     }
 
+    /// Sends `signal` (e.g. SIGINT) to the process.
+    public func signal(_ signal: Int32) {
+        if self.process.isRunning {
+            kill(self.process.processIdentifier, signal)
+        }
+    }
+
     /// Waits until the output contains `text`; records an issue on timeout.
     @discardableResult
-    func waitForOutput(
+    public func waitForOutput(
         containing text: String,
         timeout: Double = 10,
         sourceLocation: SourceLocation = #_sourceLocation
@@ -74,7 +81,7 @@ final class ChildProcess: Sendable {
 
     /// Waits for the process to exit; terminates it and records an issue on timeout.
     @discardableResult
-    func waitForExit(timeout: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) async -> Int32? {
+    public func waitForExit(timeout: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) async -> Int32? {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < deadline {
             if !self.process.isRunning { return self.process.terminationStatus }
@@ -90,7 +97,7 @@ final class ChildProcess: Sendable {
 }
 
 /// Runs a command to completion and returns its standard output.
-func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
+public func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = [executable] + arguments

@@ -1,0 +1,8 @@
+import ArgumentParser
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmark server and client (the workloads of the shared bench tool).",
+        subcommands: [BenchServer.self]
+    )
+}

@@ -1,0 +1,158 @@
+import ArgumentParser
+import Logging
+import Messaging
+import NIOCore
+import SecureTransport
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `securemsg bench server`: the echo server of benchmarks and external tests.
+struct BenchServer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Run an smsg/1 echo server.",
+        discussion: """
+            Echoes every DATA: a REQUEST gets a RESPONSE with its id; other DATA comes back as new \
+            DATA (same topic and body) with the server's own sequence id; ACK_REQUESTED gets an ACK. \
+            Prints "listening on HOST:PORT" once it accepts connections; stops cleanly on SIGINT or SIGTERM.
+            """
+    )
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free one).")
+    var listen: String = "127.0.0.1:0"
+
+    @Option(help: "Server certificate chain (PEM). Required unless --plaintext.")
+    var cert: String?
+
+    @Option(help: "Server private key (PEM). Required unless --plaintext.")
+    var key: String?
+
+    @Option(help: "CA certificates (PEM) that client certificates must chain to.")
+    var ca: String?
+
+    @Option(help: "Client certificates: none, optional or required.")
+    var clientAuth: ClientAuthOption = .none
+
+    @Flag(help: "Plain TCP instead of TLS.")
+    var plaintext = false
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "warning"
+
+    func validate() throws {
+        _ = try HostPort(self.listen)
+        guard Logger.Level(rawValue: self.logLevel) != nil else {
+            throw ValidationError("unknown log level \(self.logLevel)")
+        }
+        if !self.plaintext, self.cert == nil || self.key == nil {
+            throw ValidationError("--cert and --key are required unless --plaintext is given")
+        }
+        if self.clientAuth != .none, self.ca == nil {
+            throw ValidationError("--client-auth \(self.clientAuth.rawValue) needs --ca")
+        }
+    }
+
+    func run() async throws {
+        let address = try HostPort(self.listen)
+        var logger = Logger(label: "securemsg.bench.server")
+        logger.logLevel = Logger.Level(rawValue: self.logLevel) ?? .warning
+        let transport: any MessagingTransport
+        if self.plaintext {
+            transport = PlainTCPTransport()
+        } else {
+            var tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: .file(self.cert!),
+                privateKey: .file(self.key!)
+            )
+            if let ca = self.ca {
+                tls.trustRoots = .file(ca)
+            }
+            tls.clientAuthentication = self.clientAuth.value
+            do {
+                transport = try TLSTransport(configuration: tls)
+            } catch let error as TLSError {
+                throw ValidationError("TLS configuration refused: \(error.reason)")
+            }
+        }
+        let server = SecureMessagingServer(
+            configuration: ServerConfiguration(host: address.host, port: address.port),
+            transport: transport,
+            logger: logger,
+            handler: Self.echo
+        )
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            tasks.addTask {
+                let bound = try await server.listeningAddress()
+                print("listening on \(address.host):\(bound.port ?? address.port)")
+                // Whoever started us may be reading a pipe: the line must not wait in a buffer.
+                fflush(nil)
+            }
+            try await tasks.waitForAll()
+        }
+    }
+
+    /// The echo of the benchmarks.
+    static let echo: SecureMessagingServer.Handler = { session in
+        for try await message in session.messages {
+            if message.isRequest {
+                try await session.respond(to: message, body: message.body)
+            } else {
+                try await session.send(topic: message.topic, body: message.body)
+            }
+        }
+    }
+}
+
+enum ClientAuthOption: String, ExpressibleByArgument, CaseIterable {
+    case none
+    case optional
+    case required
+
+    var value: TLSConfiguration.ClientAuthentication {
+        switch self {
+        case .none: .none
+        case .optional: .optional
+        case .required: .required
+        }
+    }
+}
+
+/// A HOST:PORT argument; IPv6 hosts in brackets (`[::1]:7443`).
+struct HostPort {
+    var host: String
+    var port: Int
+
+    init(_ text: String) throws {
+        let hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw ValidationError("expected [HOST]:PORT, got \(text)") }
+            portPart = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw ValidationError("expected HOST:PORT, got \(text)") }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        }
+        guard !hostPart.isEmpty, let port = Int(portPart), (0...65_535).contains(port) else {
+            throw ValidationError("expected HOST:PORT with a port from 0 to 65535, got \(text)")
+        }
+        self.host = String(hostPart)
+        self.port = port
+    }
+}
