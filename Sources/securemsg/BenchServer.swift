@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import Messaging
 import NIOCore
+import Prometheus
 import SecureTransport
 import ServiceLifecycle
 import UnixSignals
@@ -42,11 +43,17 @@ struct BenchServer: AsyncParsableCommand {
     @Flag(help: "Plain TCP instead of TLS.")
     var plaintext = false
 
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics.")
+    var metrics: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
     func validate() throws {
         _ = try HostPort(self.listen)
+        if let metrics = self.metrics {
+            _ = try HostPort(metrics)
+        }
         guard Logger.Level(rawValue: self.logLevel) != nil else {
             throw ValidationError("unknown log level \(self.logLevel)")
         }
@@ -80,15 +87,26 @@ struct BenchServer: AsyncParsableCommand {
                 throw ValidationError("TLS configuration refused: \(error.reason)")
             }
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var serverMetrics = MessagingMetrics()
+        if let metrics = self.metrics {
+            let metricsAddress = try HostPort(metrics)
+            let registry = PrometheusCollectorRegistry()
+            serverMetrics = MessagingMetrics(factory: PrometheusMetricsFactory(registry: registry))
+            let endpoint = PrometheusEndpoint(host: metricsAddress.host, port: metricsAddress.port, registry: registry)
+            services.append(.init(service: endpoint))
+        }
         let server = SecureMessagingServer(
             configuration: ServerConfiguration(host: address.host, port: address.port),
             transport: transport,
             logger: logger,
+            metrics: serverMetrics,
             handler: Self.echo
         )
+        services.insert(.init(service: server), at: 0)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
-import SMSGTestSupport
 import NIOPosix
+import SMSGTestSupport
 import Testing
 
 @testable import SecureTransport

@@ -1,3 +1,4 @@
+import CoreMetrics
 public import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
@@ -38,14 +39,22 @@ public final class SecureMessagingServer: Service, Sendable {
     private let listening: EventLoopPromise<SocketAddress>
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
     private let shuttingDown = NIOLockedValueBox(false)
+    private let metrics: MessagingMetrics
 
+    /// Creates a server; nothing happens until ``run()``.
+    ///
+    /// - Parameters:
+    ///   - metrics: where the server's counters go (the bootstrapped `MetricsSystem` by default).
+    ///   - handler: runs once per open session, in its own task.
     public init(
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
+        metrics: MessagingMetrics = MessagingMetrics(),
         handler: @escaping Handler
     ) {
+        self.metrics = metrics
         self.configuration = configuration
         self.transport = transport
         self.group = group
@@ -129,12 +138,18 @@ public final class SecureMessagingServer: Service, Sendable {
         let config = self.configuration
         let sessionID = SessionIDGenerator.next()
         let session = Session(channel: channel, sessionID: sessionID, configuration: config.session)
+        self.metrics.sessionsTotal.increment()
         var rejection: ProtocolViolation?
         if self.shuttingDown.withLockedValue({ $0 }) {
             rejection = ProtocolViolation(.goingAway, "server shutting down")
         } else if self.registry.add(session, limit: config.maxConnections) {
             let registry = self.registry
-            channel.closeFuture.whenComplete { _ in registry.remove(session) }
+            let metrics = self.metrics
+            metrics.sessionsActive.increment()
+            channel.closeFuture.whenComplete { _ in
+                registry.remove(session)
+                metrics.sessionsActive.decrement()
+            }
         } else {
             rejection = ProtocolViolation(.serverBusy, "connection limit reached")
         }
@@ -160,6 +175,7 @@ public final class SecureMessagingServer: Service, Sendable {
             waitsForTLS: self.transport.isSecure,
             requireCertificateIdentity: config.requireCertificateIdentity,
             rejection: rejection,
+            metrics: self.metrics,
             logger: logger
         )
         session.attach(handler)

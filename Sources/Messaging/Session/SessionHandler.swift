@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import SecureTransport
@@ -42,8 +43,10 @@ final class SessionHandler: ChannelInboundHandler {
         waitsForTLS: Bool,
         requireCertificateIdentity: Bool = false,
         rejection: ProtocolViolation? = nil,
+        metrics: MessagingMetrics? = nil,
         logger: Logger
     ) {
+        self.metrics = metrics
         self.machine = SessionStateMachine(
             configuration: .init(
                 role: role,
@@ -62,6 +65,7 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     private let requireCertificateIdentity: Bool
+    private let metrics: MessagingMetrics?
 
     // MARK: - Channel events
 
@@ -94,6 +98,10 @@ final class SessionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = Self.unwrapInboundIn(data)
         self.lastReceived = .now()
+        if let metrics = self.metrics {
+            metrics.framesReceived.increment()
+            metrics.bytesReceived.increment(by: Frame.headerSize + frame.length)
+        }
         switch self.machine.receive(frame) {
         case .none:
             break
@@ -146,6 +154,9 @@ final class SessionHandler: ChannelInboundHandler {
             self.sendErrorAndClose(context: context, violation, alreadyClosed: true)
         case let error as TLSError:
             self.logger.debug("TLS failure", metadata: ["error": "\(error)"])
+            if self.machine.state == .idle {
+                self.metrics?.handshakeFailures.increment()
+            }
             if error.code != .truncatedConnection || self.machine.state != .closed {
                 self.recordFailure(MessagingError(.connectionClosed, "\(error)"))
             }
@@ -275,6 +286,9 @@ final class SessionHandler: ChannelInboundHandler {
             metadata: ["code": "\(violation.code)", "reason": "\(violation.reason)"]
         )
         self.recordFailure(MessagingError(.protocolViolation, violation.reason, errorCode: violation.code))
+        if [.protocolError, .frameTooLarge, .unsupportedVersion].contains(violation.code) {
+            self.metrics?.protocolErrors.increment()
+        }
         self.session.inbound.finish(error: self.failureReported)
         var payload = context.channel.allocator.buffer(capacity: 2 + violation.reason.utf8.count)
         payload.writeInteger(violation.code.rawValue)
@@ -297,6 +311,10 @@ final class SessionHandler: ChannelInboundHandler {
     ) {
         var frame = frame
         frame.timestamp = WallClock.nowMicroseconds()
+        if let metrics = self.metrics {
+            metrics.framesSent.increment()
+            metrics.bytesSent.increment(by: Frame.headerSize + frame.length)
+        }
         context.write(Self.wrapOutboundOut(frame), promise: promise)
         if flush {
             context.flush()

@@ -1,0 +1,35 @@
+public import CoreMetrics
+
+/// The counters and gauges a server keeps, made from a swift-metrics factory.
+///
+/// Names follow Prometheus conventions; the factory decides where they go (the process-wide
+/// `MetricsSystem` by default, or a Prometheus registry served by ``PrometheusEndpoint``).
+public struct MessagingMetrics: Sendable {
+    /// Connections currently live (handshaking, open or draining).
+    let sessionsActive: Meter
+    /// Connections accepted.
+    let sessionsTotal: Counter
+    let framesReceived: Counter
+    let framesSent: Counter
+    /// Frame bytes (header and payload) received.
+    let bytesReceived: Counter
+    /// Frame bytes (header and payload) sent.
+    let bytesSent: Counter
+    /// TLS handshakes that failed.
+    let handshakeFailures: Counter
+    /// ERRORs sent because the peer broke the protocol (PROTOCOL_ERROR, FRAME_TOO_LARGE,
+    /// UNSUPPORTED_VERSION).
+    let protocolErrors: Counter
+
+    /// Makes the metrics with `factory` (default: the bootstrapped `MetricsSystem`).
+    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.sessionsActive = Meter(label: "smsg_sessions_active", factory: factory)
+        self.sessionsTotal = Counter(label: "smsg_sessions_total", factory: factory)
+        self.framesReceived = Counter(label: "smsg_frames_received_total", factory: factory)
+        self.framesSent = Counter(label: "smsg_frames_sent_total", factory: factory)
+        self.bytesReceived = Counter(label: "smsg_bytes_received_total", factory: factory)
+        self.bytesSent = Counter(label: "smsg_bytes_sent_total", factory: factory)
+        self.handshakeFailures = Counter(label: "smsg_handshake_failures_total", factory: factory)
+        self.protocolErrors = Counter(label: "smsg_protocol_errors_total", factory: factory)
+    }
+}
