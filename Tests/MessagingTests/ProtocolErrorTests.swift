@@ -49,6 +49,12 @@ struct ProtocolErrorTests {
         Case(name: "DATA out of sequence", expected: .protocolError, openFirst: true) {
             rawFrame(type: 0x02, id: 2, payload: dataPayload(topic: "t", body: []))
         },
+        Case(name: "DATA header before HELLO, payload never sent", expected: .protocolError, openFirst: false) {
+            rawFrame(length: 500_000, type: 0x02, id: 1)
+        },
+        Case(name: "DATA header out of sequence, payload never sent", expected: .protocolError, openFirst: true) {
+            rawFrame(length: 500_000, type: 0x02, id: 7)
+        },
         Case(name: "non-empty ACK", expected: .protocolError, openFirst: true) {
             rawFrame(type: 0x03, id: 1, payload: [0])
         },

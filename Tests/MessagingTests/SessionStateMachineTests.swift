@@ -293,23 +293,35 @@ struct SessionStateMachineTests {
         if transportReady {
             _ = machine.transportReady()
         }
-        let violation = machine.helloTimedOut()
-        #expect(violation?.code == .timeout)
+        let action = machine.helloTimedOut()
+        guard case .fail(let violation) = action else {
+            Issue.record("expected ERROR TIMEOUT, got \(action)")
+            return
+        }
+        #expect(violation.code == .timeout)
         #expect(machine.state == .closed)
         let late = machine.receive(helloFrame(clientHello))
         #expect(late == noAction)
     }
 
+    @Test("client hello timeout: close without an ERROR (it sends nothing before the server's HELLO)")
+    func clientHelloTimeout() {
+        var machine = SessionStateMachine(configuration: machineConfiguration(.client))
+        _ = machine.transportReady()
+        #expect(machine.helloTimedOut() == .close)
+        #expect(machine.state == .closed)
+    }
+
     @Test("hello timeout after open: nothing")
     func helloTimedOutAfterOpen() {
         var server = openServer()
-        let violation = server.helloTimedOut()
-        #expect(violation == nil)
+        let action = server.helloTimedOut()
+        #expect(action == .none)
         #expect(server.state == .open)
 
         var client = openClient()
-        let clientViolation = client.helloTimedOut()
-        #expect(clientViolation == nil)
+        let clientAction = client.helloTimedOut()
+        #expect(clientAction == .none)
         #expect(client.state == .open)
     }
 
@@ -688,6 +700,9 @@ struct SessionStateMachineTests {
         #expect(action == .goodbyeReceived)
         #expect(!machine.mayAnswerGoodbye)
         #expect(machine.owedResponses == [1])
+        // GOODBYE cannot be answered before the owed RESPONSE is sent.
+        let early = machine.sendGoodbye()
+        #expect(!early.send && !early.complete)
         expectRefusal(machine.respondRefusal(to: 1, topicBytes: 0, bodyBytes: 0), nil)
         #expect(machine.mayAnswerGoodbye)
         let result = machine.sendGoodbye()
@@ -759,5 +774,38 @@ struct SessionStateMachineTests {
             ids.append(machine.nextPingID())
         }
         #expect(ids == [1, 2, 3])
+    }
+
+    // MARK: Headers whose payload is still arriving
+
+    @Test("a pending header is checked against the sequence before its payload arrives")
+    func pendingHeaders() {
+        var server = SessionStateMachine(configuration: machineConfiguration(.server))
+        _ = server.transportReady()
+        let dataHeader = FrameHeader(length: 500_000, type: .data, flags: 0, id: 1)
+        #expect(server.checkPendingHeader(dataHeader)?.code == .protocolError)
+        #expect(server.checkPendingHeader(FrameHeader(length: 100, type: .hello, flags: 0, id: 0)) == nil)
+
+        var open = openServer()
+        #expect(open.checkPendingHeader(dataHeader) == nil)
+        #expect(open.checkPendingHeader(FrameHeader(length: 10, type: .data, flags: 0, id: 2))?.code == .protocolError)
+        #expect(open.checkPendingHeader(FrameHeader(length: 10, type: .hello, flags: 0, id: 0))?.code == .protocolError)
+        let response = FrameHeader(length: 10, type: .data, flags: DataFlags.response.rawValue, id: 99)
+        #expect(open.checkPendingHeader(response) == nil)
+        _ = open.receive(Frame(type: .goodbye))
+        #expect(open.checkPendingHeader(dataHeader)?.code == .protocolError)
+    }
+
+    @Test("a huge heartbeat_ms saturates instead of overflowing")
+    func hugeHeartbeat() {
+        var server = SessionStateMachine(configuration: machineConfiguration(.server))
+        _ = server.transportReady()
+        let json = #"{"protocol":"smsg","version":1,"node_id":"c","role":"r","heartbeat_ms":9223372036854775807}"#
+        let action = server.receive(helloFrame(json: json))
+        guard case .opened = action else {
+            Issue.record("expected the HELLO to be accepted, got \(action)")
+            return
+        }
+        #expect(server.heartbeatTimeout.nanoseconds == .max)
     }
 }

@@ -40,11 +40,9 @@ public final class SecureClient: Sendable {
         guard Hello.isValidNodeID(configuration.nodeID) else {
             throw MessagingError(.connectFailed, "invalid node_id")
         }
-        let hello = Hello(
+        let hello = configuration.session.makeHello(
             nodeID: configuration.nodeID,
             role: configuration.role,
-            heartbeatMilliseconds: Int(configuration.session.heartbeatInterval.nanoseconds / 1_000_000),
-            maxFrame: configuration.session.maxFrame,
             metadata: configuration.metadata
         )
         let session: Session

@@ -21,9 +21,28 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try self.decodeFrame(&buffer) else { return .needMoreData }
+        guard let frame = try self.decodeFrame(&buffer) else {
+            if let header = Self.pendingHeader(buffer) {
+                // The payload is still on its way: let the session check the header's place in
+                // the sequence now, and count the bytes as traffic.
+                context.fireUserInboundEventTriggered(header)
+            }
+            return .needMoreData
+        }
         context.fireChannelRead(Self.wrapInboundOut(frame))
         return .continue
+    }
+
+    /// The header of a frame whose payload has not fully arrived, if there is one.
+    static func pendingHeader(_ buffer: ByteBuffer) -> FrameHeader? {
+        guard buffer.readableBytes >= Frame.headerSize else { return nil }
+        let start = buffer.readerIndex
+        return FrameHeader(
+            length: Int(buffer.getInteger(at: start, as: UInt32.self)!),
+            type: FrameType(rawValue: buffer.getInteger(at: start + 4, as: UInt8.self)!),
+            flags: buffer.getInteger(at: start + 5, as: UInt8.self)!,
+            id: buffer.getInteger(at: start + 8, as: UInt64.self)!
+        )
     }
 
     public mutating func decodeLast(
@@ -142,6 +161,14 @@ public struct FrameDecoder: ByteToMessageDecoder {
             break
         }
     }
+}
+
+/// A validated header whose payload is still arriving, fired inbound as a user event.
+public struct FrameHeader: Sendable, Hashable {
+    public var length: Int
+    public var type: FrameType
+    public var flags: UInt8
+    public var id: UInt64
 }
 
 /// The FLOW frame's single payload byte.

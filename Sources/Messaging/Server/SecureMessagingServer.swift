@@ -154,11 +154,9 @@ public final class SecureMessagingServer: Service, Sendable {
             rejection = ProtocolViolation(.serverBusy, "connection limit reached")
         }
         try self.transport.configure(channel, serverHostname: nil)
-        let hello = Hello(
+        let hello = config.session.makeHello(
             nodeID: config.nodeID,
             role: config.role,
-            heartbeatMilliseconds: Int(config.session.heartbeatInterval.nanoseconds / 1_000_000),
-            maxFrame: config.session.maxFrame,
             metadata: config.metadata,
             sessionID: sessionID
         )

@@ -15,4 +15,17 @@ public struct SessionConfiguration: Sendable, Hashable {
     public var requestTimeout: TimeAmount = .seconds(30)
 
     public init() {}
+
+    /// Our HELLO with these settings announced.
+    func makeHello(nodeID: String, role: String, metadata: [String: String], sessionID: String? = nil) -> Hello {
+        Hello(
+            nodeID: nodeID,
+            role: role,
+            // heartbeat_ms must be positive: an interval under a millisecond is announced as 1.
+            heartbeatMilliseconds: max(1, Int(self.heartbeatInterval.nanoseconds / 1_000_000)),
+            maxFrame: self.maxFrame,
+            metadata: metadata,
+            sessionID: sessionID
+        )
+    }
 }

@@ -89,8 +89,17 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSHandshakeCompleted {
+        switch event {
+        case let header as FrameHeader:
+            self.lastReceived = .now()
+            if let violation = self.machine.checkPendingHeader(header) {
+                self.sendErrorAndClose(context: context, violation)
+            }
+            return
+        case let event as TLSHandshakeCompleted:
             self.transportReady(context: context, peerCertificate: event.info.peerCertificate)
+        default:
+            break
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -150,8 +159,7 @@ final class SessionHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
         case let violation as ProtocolViolation:
-            self.machine.close()
-            self.sendErrorAndClose(context: context, violation, alreadyClosed: true)
+            self.sendErrorAndClose(context: context, violation)
         case let error as TLSError:
             self.logger.debug("TLS failure", metadata: ["error": "\(error)"])
             if self.machine.state == .idle {
@@ -194,15 +202,21 @@ final class SessionHandler: ChannelInboundHandler {
         }
         if let rejection = self.rejection {
             self.machine.close()
-            self.sendErrorAndClose(context: context, rejection, alreadyClosed: true)
+            self.sendErrorAndClose(context: context, rejection)
             return
         }
         if let hello = self.machine.transportReady() {
             self.write(context: context, Frame(type: .hello, payload: ByteBuffer(bytes: hello.encoded())), flush: true)
         }
         self.startPhaseTimer(context: context, after: self.configuration.helloTimeout) { handler, context in
-            if let violation = handler.machine.helloTimedOut() {
-                handler.sendErrorAndClose(context: context, violation, alreadyClosed: true)
+            switch handler.machine.helloTimedOut() {
+            case .none:
+                break
+            case .fail(let violation):
+                handler.sendErrorAndClose(context: context, violation)
+            case .close:
+                handler.recordFailure(MessagingError(.connectFailed, "no HELLO from the server in time"))
+                context.close(promise: nil)
             }
         }
     }
@@ -232,8 +246,7 @@ final class SessionHandler: ChannelInboundHandler {
             self.machine.close()
             self.sendErrorAndClose(
                 context: context,
-                ProtocolViolation(.timeout, "no traffic within the heartbeat timeout"),
-                alreadyClosed: true
+                ProtocolViolation(.timeout, "no traffic within the heartbeat timeout")
             )
             return
         }
@@ -277,8 +290,7 @@ final class SessionHandler: ChannelInboundHandler {
     /// Sends ERROR, shuts down our write side, discards input for up to a second, closes.
     private func sendErrorAndClose(
         context: ChannelHandlerContext,
-        _ violation: ProtocolViolation,
-        alreadyClosed: Bool = false
+        _ violation: ProtocolViolation
     ) {
         self.machine.close()
         self.logger.debug(
@@ -412,7 +424,10 @@ final class SessionHandler: ChannelInboundHandler {
             break
         }
         let (send, complete) = self.machine.sendGoodbye()
-        guard send else { return }
+        guard send else {
+            // Answering the peer's GOODBYE waits for the RESPONSEs we owe (answerGoodbyeIfReady).
+            return
+        }
         self.goodbyeOwed = false
         self.write(context: context, Frame(type: .goodbye), flush: true)
         if complete {
@@ -423,8 +438,7 @@ final class SessionHandler: ChannelInboundHandler {
             if goingAway {
                 handler.sendErrorAndClose(
                     context: context,
-                    ProtocolViolation(.goingAway, "server shutting down"),
-                    alreadyClosed: true
+                    ProtocolViolation(.goingAway, "server shutting down")
                 )
             } else {
                 handler.machine.close()

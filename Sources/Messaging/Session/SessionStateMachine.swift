@@ -96,13 +96,49 @@ struct SessionStateMachine {
         self.configuration.requiredIdentity = identity
     }
 
-    /// The hello timeout passed: an ERROR TIMEOUT if the session is still not open.
-    mutating func helloTimedOut() -> ProtocolViolation? {
+    enum HelloTimeoutAction: Equatable {
+        /// The session opened in time.
+        case none
+        /// Server: send ERROR TIMEOUT and close.
+        case fail(ProtocolViolation)
+        /// Client: close without a word (it sends nothing before the server's HELLO).
+        case close
+    }
+
+    /// The hello timeout passed.
+    mutating func helloTimedOut() -> HelloTimeoutAction {
         switch self.state {
         case .idle, .awaitingHello:
             self.state = .closed
-            return ProtocolViolation(.timeout, "no HELLO within the hello timeout")
+            switch self.configuration.role {
+            case .server: return .fail(ProtocolViolation(.timeout, "no HELLO within the hello timeout"))
+            case .client: return .close
+            }
         default:
+            return .none
+        }
+    }
+
+    /// Checks the place in the sequence of a frame whose payload is still arriving, so that a
+    /// peer cannot make us buffer a whole frame that is already out of order.
+    func checkPendingHeader(_ header: FrameHeader) -> ProtocolViolation? {
+        switch self.state {
+        case .closed:
+            return nil
+        case .idle, .awaitingHello:
+            let allowed = header.type == .hello || (self.configuration.role == .client && header.type == .error)
+            return allowed ? nil : .protocolError("\(header.type) before the session is open")
+        case .open, .draining:
+            if header.type == .hello {
+                return .protocolError("second HELLO")
+            }
+            guard header.type == .data, !DataFlags(rawValue: header.flags).contains(.response) else { return nil }
+            if case .draining(_, receivedGoodbye: true) = self.state {
+                return .protocolError("DATA after GOODBYE")
+            }
+            if header.id != self.lastPeerSequence &+ 1 {
+                return .protocolError("DATA id \(header.id) out of sequence (expected \(self.lastPeerSequence &+ 1))")
+            }
             return nil
         }
     }
@@ -116,7 +152,8 @@ struct SessionStateMachine {
 
     /// The largest payload the peer accepts.
     var peerMaxFrame: Int {
-        self.peerHello?.maxFrame ?? Frame.defaultMaxFrame
+        // The length field is 32 bits, whatever the peer announces.
+        min(self.peerHello?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
     }
 
     /// The peer's heartbeat interval, or the protocol default when its HELLO has none.
@@ -127,7 +164,8 @@ struct SessionStateMachine {
     /// Silence longer than this means the peer is gone: 3 × the larger interval.
     var heartbeatTimeout: TimeAmount {
         let larger = max(self.configuration.heartbeatInterval.nanoseconds, self.peerHeartbeatInterval.nanoseconds)
-        return .nanoseconds(3 * larger)
+        let (tripled, overflow) = larger.multipliedReportingOverflow(by: 3)
+        return .nanoseconds(overflow ? .max : tripled)
     }
 
     // MARK: - Inbound
@@ -287,6 +325,8 @@ struct SessionStateMachine {
             self.state = .draining(sentGoodbye: true, receivedGoodbye: false)
             return (true, false)
         case .draining(sentGoodbye: false, receivedGoodbye: true):
+            // The answer to the peer's GOODBYE waits for the RESPONSEs we owe.
+            guard self.owedResponses.isEmpty else { return (false, false) }
             self.state = .closed
             return (true, true)
         default:
