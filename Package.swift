@@ -60,6 +60,16 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        .executableTarget(
+            name: "smsg-example",
+            dependencies: [
+                "Messaging",
+                "SecureTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/smsg-example"
+        ),
         .target(
             name: "SMSGTestSupport",
             dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 scripts/gen-certs.sh >/dev/null
-swift build --product securemsg
+# Same flags as scripts/test.sh, so that one build serves both.
+swift build --product securemsg -Xswiftc -warnings-as-errors
 "$(swift build --show-bin-path)/securemsg" demo --certs certs "$@"
