@@ -96,6 +96,7 @@ func withServer<T>(
     _ kind: TransportKind,
     configuration: ServerConfiguration = ServerConfiguration(),
     clientAuth: TLSConfiguration.ClientAuthentication = .none,
+    metrics: MessagingMetrics = MessagingMetrics(),
     handler: @escaping SecureMessagingServer.Handler = echoHandler,
     _ body: (SecureMessagingServer, Int) async throws -> T
 ) async throws -> T {
@@ -103,6 +104,7 @@ func withServer<T>(
         configuration: configuration,
         transport: try Certificates.serverTransport(kind, clientAuth: clientAuth),
         logger: quietLogger,
+        metrics: metrics,
         handler: handler
     )
     let running = Task { try await server.run() }

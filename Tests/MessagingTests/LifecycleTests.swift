@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Prometheus
 import Testing
 
 @testable import Messaging
@@ -9,7 +10,9 @@ import Testing
 struct LifecycleTests {
     @Test("no session leaks after 1,000 cycles and 200 abrupt disconnects", arguments: TransportKind.allCases)
     func noLeaks(kind: TransportKind) async throws {
-        try await withServer(kind) { server, port in
+        let registry = PrometheusCollectorRegistry()
+        let metrics = MessagingMetrics(factory: PrometheusMetricsFactory(registry: registry))
+        try await withServer(kind, metrics: metrics) { server, port in
             for index in 0..<1000 {
                 let client = try await connect(kind, port: port, nodeID: "cycle-\(index)")
                 try await client.send(topic: "t", body: ByteBuffer(string: "\(index)"))
@@ -34,6 +37,9 @@ struct LifecycleTests {
             await eventually("no sessions left", timeout: .seconds(2)) { server.activeSessionCount == 0 }
             #expect(server.activeSessionCount == 0)
             #expect(server.registry.all.isEmpty)
+            let text = registry.emitToString()
+            #expect(MetricsTests.value("smsg_sessions_active", in: text) == 0)
+            #expect(MetricsTests.value("smsg_sessions_total", in: text) == 1200)
         }
     }
 

@@ -50,6 +50,13 @@ public final class SecureClient: Sendable {
             session = try await ClientBootstrap(group: group)
                 .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(
+                    .writeBufferWaterMark,
+                    value: .init(
+                        low: configuration.session.flowControl.writeBufferLowWatermark,
+                        high: configuration.session.flowControl.writeBufferHighWatermark
+                    )
+                )
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try transport.configure(channel, serverHostname: serverHostname ?? host)
@@ -84,6 +91,12 @@ public final class SecureClient: Sendable {
     /// Sends a message; see ``Session/send(topic:body:ackRequested:)``.
     public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
         try await self.session.send(topic: topic, body: body, ackRequested: ackRequested)
+    }
+
+    /// Sends a message if sending is not blocked; see ``Session/trySend(topic:body:)``.
+    @discardableResult
+    public func trySend(topic: String, body: ByteBuffer) -> Bool {
+        self.session.trySend(topic: topic, body: body)
     }
 
     /// Sends a REQUEST and waits for its RESPONSE; see ``Session/request(topic:body:timeout:)``.

@@ -20,6 +20,14 @@ public struct MessagingMetrics: Sendable {
     /// ERRORs sent because the peer broke the protocol (PROTOCOL_ERROR, FRAME_TOO_LARGE,
     /// UNSUPPORTED_VERSION).
     let protocolErrors: Counter
+    /// FLOW SLOW_DOWN sent, and sends refused or held because the peer could not take them.
+    let backpressureEvents: Counter
+    /// Sessions closed because the peer read nothing for the slow-consumer timeout.
+    let slowConsumers: Counter
+    /// DATA payload bytes received and not yet taken by applications.
+    let inboundQueuedBytes: Meter
+    /// Bytes waiting in channels' outbound buffers (sampled at flushes and heartbeats).
+    let outboundQueuedBytes: Meter
 
     /// Makes the metrics with `factory` (default: the bootstrapped `MetricsSystem`).
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -31,5 +39,9 @@ public struct MessagingMetrics: Sendable {
         self.bytesSent = Counter(label: "smsg_bytes_sent_total", factory: factory)
         self.handshakeFailures = Counter(label: "smsg_handshake_failures_total", factory: factory)
         self.protocolErrors = Counter(label: "smsg_protocol_errors_total", factory: factory)
+        self.backpressureEvents = Counter(label: "smsg_backpressure_events_total", factory: factory)
+        self.slowConsumers = Counter(label: "smsg_slow_consumers_total", factory: factory)
+        self.inboundQueuedBytes = Meter(label: "smsg_inbound_queued_bytes", factory: factory)
+        self.outboundQueuedBytes = Meter(label: "smsg_outbound_queued_bytes", factory: factory)
     }
 }

@@ -79,6 +79,13 @@ public final class SecureMessagingServer: Service, Sendable {
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(
+                    .writeBufferWaterMark,
+                    value: .init(
+                        low: self.configuration.session.flowControl.writeBufferLowWatermark,
+                        high: self.configuration.session.flowControl.writeBufferHighWatermark
+                    )
+                )
                 .bind(host: self.configuration.host, port: self.configuration.port) { child in
                     child.eventLoop.makeCompletedFuture { try self.setUp(child) }
                 }
@@ -123,15 +130,17 @@ public final class SecureMessagingServer: Service, Sendable {
         channel?.close(promise: nil)
     }
 
-    /// Sends a message to every open session without waiting on any of them. Returns the
-    /// number of sessions it was sent to.
+    /// Sends a message to every open session without waiting on any of them, and without
+    /// queueing for a session that cannot take it now (over its write-buffer watermark, or it
+    /// said SLOW_DOWN): such a session misses the message, and one that stays blocked is
+    /// closed as a slow consumer. Returns the number of sessions that took it.
     @discardableResult
     public func broadcast(topic: String, body: ByteBuffer) -> Int {
-        let sessions = self.registry.open
-        for session in sessions {
-            session.sendWithoutWaiting(topic: topic, body: body)
+        var taken = 0
+        for session in self.registry.open where session.trySend(topic: topic, body: body) {
+            taken += 1
         }
-        return sessions.count
+        return taken
     }
 
     private func setUp(_ channel: any Channel) throws -> Session {

@@ -1,42 +1,98 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// The received messages of one session that the application has not taken yet.
+/// The received messages of one session that the application has not taken yet, bounded by
+/// the watermarks and hard limits of ``FlowControlConfiguration``.
 ///
 /// The session's event loop pushes; one task at a time consumes through ``InboundMessages``.
 /// When the connection ends, messages already queued are still delivered, then the sequence
 /// ends (cleanly after GOODBYE, with the error otherwise).
 final class InboundQueue: Sendable {
+    /// What a push means for the sender.
+    enum PushResult: Equatable {
+        case queued
+        /// A high watermark was reached: send FLOW SLOW_DOWN.
+        case slowDown
+        /// A hard limit was reached: send ERROR OVERLOADED and close.
+        case overloaded
+    }
+
+    struct Limits: Sendable {
+        var highMessages: Int
+        var highBytes: Int
+        var lowMessages: Int
+        var lowBytes: Int
+        var hardMessages: Int
+        var hardBytes: Int
+
+        init(_ configuration: FlowControlConfiguration) {
+            self.highMessages = configuration.highWatermarkMessages
+            self.highBytes = configuration.highWatermarkBytes
+            self.lowMessages = configuration.lowWatermarkMessages
+            self.lowBytes = configuration.lowWatermarkBytes
+            self.hardMessages = configuration.effectiveHardLimitMessages
+            self.hardBytes = configuration.effectiveHardLimitBytes
+        }
+    }
+
     private struct State {
         var buffer = CircularBuffer<Message>()
+        var bytes = 0
+        var peakBytes = 0
+        var peakMessages = 0
+        /// SLOW_DOWN was sent and RESUME not yet.
+        var peerPaused = false
         var waiter: CheckedContinuation<Message?, any Error>?
         var finished = false
         var failure: (any Error)?
     }
 
     private let state = NIOLockedValueBox(State())
-    /// Called (outside the lock) for each message the application takes.
-    private let onConsume: @Sendable (Message) -> Void
+    private let limits: Limits
+    /// Called (outside the lock) for each message the application takes; `resume` is true
+    /// when taking it brought the queue back under both low watermarks after a SLOW_DOWN.
+    private let onConsume: @Sendable (_ message: Message, _ resume: Bool) -> Void
 
-    init(onConsume: @escaping @Sendable (Message) -> Void) {
+    init(limits: Limits, onConsume: @escaping @Sendable (_ message: Message, _ resume: Bool) -> Void) {
+        self.limits = limits
         self.onConsume = onConsume
     }
 
-    /// Queues a message, or hands it straight to a waiting consumer.
-    func push(_ message: Message) {
-        let waiter: CheckedContinuation<Message?, any Error>? = self.state.withLockedValue { state in
-            guard !state.finished else { return nil }
+    /// The DATA payload bytes a message counts for.
+    static func size(of message: Message) -> Int {
+        1 + message.topic.utf8.count + message.body.readableBytes
+    }
+
+    /// Queues a message (or hands it straight to a waiting consumer) and says what the sender
+    /// must be told.
+    func push(_ message: Message) -> PushResult {
+        let size = Self.size(of: message)
+        let limits = self.limits
+        let (waiter, result): (CheckedContinuation<Message?, any Error>?, PushResult) = self.state.withLockedValue {
+            state in
+            guard !state.finished else { return (nil, .queued) }
             if let waiter = state.waiter {
                 state.waiter = nil
-                return waiter
+                return (waiter, .queued)
             }
             state.buffer.append(message)
-            return nil
+            state.bytes += size
+            state.peakBytes = max(state.peakBytes, state.bytes)
+            state.peakMessages = max(state.peakMessages, state.buffer.count)
+            if state.buffer.count >= limits.hardMessages || state.bytes >= limits.hardBytes {
+                return (nil, .overloaded)
+            }
+            if !state.peerPaused, state.buffer.count >= limits.highMessages || state.bytes >= limits.highBytes {
+                state.peerPaused = true
+                return (nil, .slowDown)
+            }
+            return (nil, .queued)
         }
         if let waiter {
             waiter.resume(returning: message)
-            self.onConsume(message)
+            self.onConsume(message, false)
         }
+        return result
     }
 
     /// No more messages will come; `error` ends the sequence with a throw after the queue drains.
@@ -56,19 +112,35 @@ final class InboundQueue: Sendable {
     }
 
     /// The number of messages waiting.
-    var count: Int {
-        self.state.withLockedValue { $0.buffer.count }
+    var count: Int { self.state.withLockedValue { $0.buffer.count } }
+    /// The payload bytes waiting.
+    var bytes: Int { self.state.withLockedValue { $0.bytes } }
+    /// The most payload bytes that were ever waiting at once.
+    var peakBytes: Int { self.state.withLockedValue { $0.peakBytes } }
+    /// The most messages that were ever waiting at once.
+    var peakMessages: Int { self.state.withLockedValue { $0.peakMessages } }
+
+    /// Takes the first message; the caller holds the lock. Returns whether RESUME is due.
+    private func pop(_ state: inout State) -> (Message, Bool)? {
+        guard let message = state.buffer.popFirst() else { return nil }
+        state.bytes -= Self.size(of: message)
+        var resume = false
+        if state.peerPaused, state.buffer.count <= self.limits.lowMessages, state.bytes <= self.limits.lowBytes {
+            state.peerPaused = false
+            resume = true
+        }
+        return (message, resume)
     }
 
     func next() async throws -> Message? {
         enum Immediate {
-            case message(Message)
+            case message(Message, Bool)
             case end
             case failure(any Error)
             case wait
         }
         let immediate: Immediate = self.state.withLockedValue { state in
-            if let message = state.buffer.popFirst() { return .message(message) }
+            if let (message, resume) = self.pop(&state) { return .message(message, resume) }
             if state.finished {
                 if let failure = state.failure { return .failure(failure) }
                 return .end
@@ -76,8 +148,8 @@ final class InboundQueue: Sendable {
             return .wait
         }
         switch immediate {
-        case .message(let message):
-            self.onConsume(message)
+        case .message(let message, let resume):
+            self.onConsume(message, resume)
             return message
         case .end:
             return nil
@@ -88,21 +160,21 @@ final class InboundQueue: Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Message?, any Error>) in
-                let resumeNow: Result<Message?, any Error>? = self.state.withLockedValue { state in
-                    if let message = state.buffer.popFirst() { return .success(message) }
+                let resumeNow: (Result<Message?, any Error>, Bool)? = self.state.withLockedValue { state in
+                    if let (message, resume) = self.pop(&state) { return (.success(message), resume) }
                     if state.finished {
-                        return state.failure.map { .failure($0) } ?? .success(nil)
+                        return (state.failure.map { .failure($0) } ?? .success(nil), false)
                     }
-                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if Task.isCancelled { return (.failure(CancellationError()), false) }
                     precondition(state.waiter == nil, "a session's messages are consumed by one task at a time")
                     state.waiter = continuation
                     return nil
                 }
-                if let resumeNow {
-                    if case .success(let message?) = resumeNow {
-                        self.onConsume(message)
+                if let (result, resume) = resumeNow {
+                    if case .success(let message?) = result {
+                        self.onConsume(message, resume)
                     }
-                    continuation.resume(with: resumeNow)
+                    continuation.resume(with: result)
                 }
             }
         } onCancel: {

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 public import NIOCore
 public import SecureTransport
+import Synchronization
 
 /// Where a session is in its life.
 public enum SessionState: Sendable, Hashable {
@@ -36,8 +37,17 @@ public final class Session: Sendable {
     public var peerFlow: FlowSignal { self.state.withLockedValue { $0.peerFlow } }
     /// The number of ACKs received.
     public var acksReceived: Int { self.state.withLockedValue { $0.acksReceived } }
+    /// The number of FLOW SLOW_DOWN frames received.
+    public var slowDownsReceived: Int { self.state.withLockedValue { $0.slowDownsReceived } }
     /// Messages received and not yet taken by the application.
     public var queuedMessageCount: Int { self.inbound.count }
+    /// DATA payload bytes received and not yet taken by the application.
+    public var queuedBytes: Int { self.inbound.bytes }
+    /// The most DATA payload bytes ever waiting for the application at once.
+    public var peakQueuedBytes: Int { self.inbound.peakBytes }
+    /// Whether DATA cannot be sent right now (the channel is over its write-buffer watermark
+    /// or the peer said SLOW_DOWN): `send` would wait and `trySend` refuses.
+    public var isSendBlocked: Bool { self.sendBlocked.load(ordering: .relaxed) }
     /// The peer's address.
     public var remoteAddress: SocketAddress? { self.channel.remoteAddress }
 
@@ -45,6 +55,8 @@ public final class Session: Sendable {
     public var messages: InboundMessages { InboundMessages(queue: self.inbound) }
 
     let inbound: InboundQueue
+    /// Kept up to date by the handler, read by `trySend` from any thread.
+    let sendBlocked = Atomic<Bool>(false)
     private let state: NIOLockedValueBox<State>
     private let handler: NIOLoopBoundBox<SessionHandler?>
     private let openPromise: EventLoopPromise<Void>
@@ -59,6 +71,7 @@ public final class Session: Sendable {
         var pingsInFlight: [UInt64: NIODeadline] = [:]
         var peerFlow: FlowSignal = .resume
         var acksReceived = 0
+        var slowDownsReceived = 0
         var pingStatus: ByteBuffer = ByteBuffer()
     }
 
@@ -70,13 +83,13 @@ public final class Session: Sendable {
         self.openPromise = channel.eventLoop.makePromise(of: Void.self)
         let handlerBox = self.handler
         let loop = channel.eventLoop
-        self.inbound = InboundQueue { message in
-            guard message.flags.contains(.ackRequested), !message.isResponse else { return }
-            let id = message.id
+        self.inbound = InboundQueue(limits: .init(configuration.flowControl)) { message, resume in
+            let ackID: UInt64? = message.flags.contains(.ackRequested) && !message.isResponse ? message.id : nil
+            guard ackID != nil || resume else { return }
             if loop.inEventLoop {
-                handlerBox.value?.sendAck(id: id)
+                handlerBox.value?.consumed(ackID: ackID, resume: resume)
             } else {
-                loop.execute { handlerBox.value?.sendAck(id: id) }
+                loop.execute { handlerBox.value?.consumed(ackID: ackID, resume: resume) }
             }
         }
     }
@@ -88,7 +101,8 @@ public final class Session: Sendable {
 
     // MARK: - Application API
 
-    /// Sends a message. Returns once it is written to the connection.
+    /// Sends a message. Waits while the channel is over its write-buffer watermark or the
+    /// peer said SLOW_DOWN; returns once the message is written to the connection.
     ///
     /// - Parameter ackRequested: ask the peer to ACK once its application has taken it.
     public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
@@ -99,17 +113,21 @@ public final class Session: Sendable {
                 promise.fail(MessagingError(.connectionClosed, "the connection closed"))
                 return
             }
-            _ = handler.sendData(topic: topic, body: body, flags: flags, promise: promise)
+            _ = handler.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise)
         }
         try await promise.futureResult.get()
     }
 
-    /// Sends a message without waiting for it to be written; failures are dropped (the
-    /// session's own errors still close it).
-    public func sendWithoutWaiting(topic: String, body: ByteBuffer) {
+    /// Sends a message unless sending is blocked (the channel is over its write-buffer
+    /// watermark or the peer said SLOW_DOWN); never waits and never queues beyond the session's
+    /// bound. Returns whether the message was taken.
+    @discardableResult
+    public func trySend(topic: String, body: ByteBuffer) -> Bool {
+        guard !self.sendBlocked.load(ordering: .relaxed), self.currentState == .open else { return false }
         self.onLoop { handler in
-            _ = handler?.sendData(topic: topic, body: body, flags: [], promise: nil)
+            _ = handler?.sendData(topic: topic, body: body, flags: [], mayWait: false, promise: nil)
         }
+        return true
     }
 
     /// Sends a REQUEST and waits for its RESPONSE.
@@ -233,7 +251,12 @@ public final class Session: Sendable {
     }
 
     func recordFlow(_ signal: FlowSignal) {
-        self.state.withLockedValue { $0.peerFlow = signal }
+        self.state.withLockedValue {
+            $0.peerFlow = signal
+            if signal == .slowDown {
+                $0.slowDownsReceived += 1
+            }
+        }
     }
 
     func pingStatus() -> ByteBuffer {

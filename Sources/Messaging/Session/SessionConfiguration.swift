@@ -11,6 +11,8 @@ public struct SessionConfiguration: Sendable, Hashable {
     public var maxFrame: Int = Frame.defaultMaxFrame
     /// How long a graceful close waits for the peer's GOODBYE.
     public var drainTimeout: TimeAmount = .seconds(5)
+    /// Watermarks, hard limits, slow consumers and rate limits.
+    public var flowControl = FlowControlConfiguration()
     /// How long a request waits for its RESPONSE unless the call says otherwise.
     public var requestTimeout: TimeAmount = .seconds(30)
 

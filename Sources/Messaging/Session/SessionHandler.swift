@@ -2,13 +2,15 @@ import CoreMetrics
 import Logging
 import NIOCore
 import SecureTransport
+import Synchronization
 
 /// Runs a ``SessionStateMachine`` on a channel: turns its actions into frames, timers,
 /// deliveries to the application and closes.
 ///
 /// Pipeline position: above the frame codec, which sits above the transport's handlers.
-final class SessionHandler: ChannelInboundHandler {
+final class SessionHandler: ChannelDuplexHandler {
     typealias InboundIn = Frame
+    typealias OutboundIn = Frame
     typealias OutboundOut = Frame
 
     /// How long the sender of an ERROR keeps reading (and discarding) before it closes.
@@ -35,6 +37,20 @@ final class SessionHandler: ChannelInboundHandler {
         var timer: Scheduled<Void>?
     }
 
+    /// A send that waits for the channel to become writable or the peer to say RESUME.
+    private enum ParkedSend {
+        case data(topic: String, body: ByteBuffer, flags: DataFlags, promise: EventLoopPromise<Void>?)
+        case request(topic: String, body: ByteBuffer, timeout: TimeAmount, promise: EventLoopPromise<Message>)
+    }
+
+    private var parkedSends = CircularBuffer<ParkedSend>()
+    /// The peer sent FLOW SLOW_DOWN and no RESUME since.
+    private var peerSaidSlowDown = false
+    private var slowConsumerTimer: Scheduled<Void>?
+    private var rateLimiter: RateLimiter?
+    private var readHeld = false
+    private var rateLimitTimer: Scheduled<Void>?
+
     init(
         role: SessionStateMachine.Role,
         hello: Hello,
@@ -58,6 +74,7 @@ final class SessionHandler: ChannelInboundHandler {
         )
         self.requireCertificateIdentity = requireCertificateIdentity
         self.session = session
+        self.rateLimiter = configuration.flowControl.rateLimit.map { RateLimiter($0, now: .now()) }
         self.waitsForTLS = waitsForTLS
         self.rejection = rejection
         self.logger = logger
@@ -117,7 +134,7 @@ final class SessionHandler: ChannelInboundHandler {
         case .opened(let peer, let reply):
             self.opened(context: context, peer: peer, reply: reply)
         case .deliver(let message):
-            self.session.inbound.push(message)
+            self.deliver(message, context: context)
         case .response(let message):
             if var pending = self.pendingRequests.removeValue(forKey: message.id) {
                 pending.timer?.cancel()
@@ -132,6 +149,8 @@ final class SessionHandler: ChannelInboundHandler {
             self.session.recordAck(id: id)
         case .flow(let signal):
             self.session.recordFlow(signal)
+            self.peerSaidSlowDown = signal == .slowDown
+            self.updateSendBlocked(context: context)
         case .fail(let violation):
             self.sendErrorAndClose(context: context, violation)
         case .peerFailed(let code, let reason):
@@ -188,6 +207,13 @@ final class SessionHandler: ChannelInboundHandler {
             pending.promise.fail(failure)
         }
         self.pendingRequests.removeAll()
+        while let parked = self.parkedSends.popFirst() {
+            switch parked {
+            case .data(_, _, _, let promise): promise?.fail(failure)
+            case .request(_, _, _, let promise): promise.fail(failure)
+            }
+        }
+        self.session.sendBlocked.store(true, ordering: .relaxed)
         self.session.connectionEnded(failure: self.failureReported)
         context.fireChannelInactive()
     }
@@ -279,6 +305,10 @@ final class SessionHandler: ChannelInboundHandler {
         self.heartbeatTimer = nil
         self.phaseTimer?.cancel()
         self.phaseTimer = nil
+        self.slowConsumerTimer?.cancel()
+        self.slowConsumerTimer = nil
+        self.rateLimitTimer?.cancel()
+        self.rateLimitTimer = nil
     }
 
     private func recordFailure(_ error: MessagingError) {
@@ -334,9 +364,24 @@ final class SessionHandler: ChannelInboundHandler {
         self.lastSent = .now()
     }
 
-    func sendData(topic: String, body: ByteBuffer, flags: DataFlags, promise: EventLoopPromise<Void>?) -> UInt64? {
+    func sendData(
+        topic: String,
+        body: ByteBuffer,
+        flags: DataFlags,
+        mayWait: Bool,
+        promise: EventLoopPromise<Void>?
+    ) -> UInt64? {
         guard let context = self.context else {
             promise?.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return nil
+        }
+        if self.isSendBlocked(context: context) {
+            self.metrics?.backpressureEvents.increment()
+            if mayWait, self.machine.isOpen {
+                self.parkedSends.append(.data(topic: topic, body: body, flags: flags, promise: promise))
+            } else {
+                promise?.fail(MessagingError(.closing, "the peer cannot take more now"))
+            }
             return nil
         }
         let id: UInt64
@@ -358,6 +403,11 @@ final class SessionHandler: ChannelInboundHandler {
     func sendRequest(topic: String, body: ByteBuffer, timeout: TimeAmount, promise: EventLoopPromise<Message>) {
         guard let context = self.context else {
             promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return
+        }
+        if self.isSendBlocked(context: context), self.machine.isOpen {
+            self.metrics?.backpressureEvents.increment()
+            self.parkedSends.append(.request(topic: topic, body: body, timeout: timeout, promise: promise))
             return
         }
         let id: UInt64
@@ -400,9 +450,124 @@ final class SessionHandler: ChannelInboundHandler {
         self.answerGoodbyeIfReady(context: context)
     }
 
-    func sendAck(id: UInt64) {
+    /// The application took a message: ACK it if asked, and send RESUME if the queue is back
+    /// under its low watermarks.
+    func consumed(ackID: UInt64?, resume: Bool) {
         guard let context = self.context, self.machine.state != .closed else { return }
-        self.write(context: context, Frame(type: .ack, id: id), flush: true)
+        if let ackID {
+            self.write(context: context, Frame(type: .ack, id: ackID), flush: !resume)
+        }
+        if resume {
+            self.write(context: context, Self.flowFrame(.resume, allocator: context.channel.allocator), flush: true)
+        }
+    }
+
+    // MARK: - Flow control
+
+    private func deliver(_ message: Message, context: ChannelHandlerContext) {
+        if var limiter = self.rateLimiter {
+            let now = NIODeadline.now()
+            let over = limiter.take(messages: 1, bytes: InboundQueue.size(of: message), now: now)
+            self.rateLimiter = limiter
+            if over {
+                if limiter.overGrace(now: now) {
+                    self.sendErrorAndClose(context: context, ProtocolViolation(.overloaded, "rate limit exceeded"))
+                    return
+                }
+                self.scheduleRateLimitRefill(context: context)
+            }
+        }
+        self.metrics?.inboundQueuedBytes.increment(by: Double(InboundQueue.size(of: message)))
+        switch self.session.inbound.push(message) {
+        case .queued:
+            break
+        case .slowDown:
+            self.metrics?.backpressureEvents.increment()
+            self.write(context: context, Self.flowFrame(.slowDown, allocator: context.channel.allocator), flush: true)
+        case .overloaded:
+            self.sendErrorAndClose(context: context, ProtocolViolation(.overloaded, "receive queue full"))
+        }
+    }
+
+    private static func flowFrame(_ signal: FlowSignal, allocator: ByteBufferAllocator) -> Frame {
+        var payload = allocator.buffer(capacity: 1)
+        payload.writeInteger(signal.rawValue)
+        return Frame(type: .flow, payload: payload)
+    }
+
+    private func isSendBlocked(context: ChannelHandlerContext) -> Bool {
+        self.peerSaidSlowDown || !context.channel.isWritable || !self.parkedSends.isEmpty
+    }
+
+    /// Publishes whether sends are blocked, and sends what was parked once they are not.
+    private func updateSendBlocked(context: ChannelHandlerContext) {
+        while !self.parkedSends.isEmpty, !self.peerSaidSlowDown, context.channel.isWritable, self.machine.isOpen {
+            switch self.parkedSends.removeFirst() {
+            case .data(let topic, let body, let flags, let promise):
+                _ = self.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise)
+            case .request(let topic, let body, let timeout, let promise):
+                self.sendRequest(topic: topic, body: body, timeout: timeout, promise: promise)
+            }
+        }
+        self.session.sendBlocked.store(self.isSendBlocked(context: context), ordering: .relaxed)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            self.slowConsumerTimer?.cancel()
+            self.slowConsumerTimer = nil
+        } else if self.slowConsumerTimer == nil, self.machine.state != .closed {
+            let timeout = self.configuration.flowControl.slowConsumerTimeout
+            self.slowConsumerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+                self.slowConsumerTimer = nil
+                guard !context.channel.isWritable else { return }
+                self.metrics?.slowConsumers.increment()
+                self.logger.info("closing a slow consumer")
+                self.sendErrorAndClose(context: context, ProtocolViolation(.overloaded, "slow consumer"))
+            }
+        }
+        self.updateSendBlocked(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: - Rate limit
+
+    func read(context: ChannelHandlerContext) {
+        if self.rateLimiter?.isThrottled == true {
+            self.readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if var limiter = self.rateLimiter, !limiter.isThrottled {
+            limiter.settled()
+            self.rateLimiter = limiter
+        }
+        context.fireChannelReadComplete()
+    }
+
+    private func scheduleRateLimitRefill(context: ChannelHandlerContext) {
+        guard self.rateLimitTimer == nil, let limiter = self.rateLimiter else { return }
+        let delay = max(limiter.timeUntilRefilled(), .milliseconds(1))
+        self.rateLimitTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.rateLimitTimer = nil
+            guard var limiter = self.rateLimiter, self.machine.state != .closed else { return }
+            let now = NIODeadline.now()
+            limiter.refill(now: now)
+            self.rateLimiter = limiter
+            if limiter.isThrottled {
+                if limiter.overGrace(now: now) {
+                    self.sendErrorAndClose(context: context, ProtocolViolation(.overloaded, "rate limit exceeded"))
+                } else {
+                    self.scheduleRateLimitRefill(context: context)
+                }
+            } else if self.readHeld {
+                self.readHeld = false
+                context.read()
+            }
+        }
     }
 
     /// Starts a graceful close: GOODBYE now, then close when the peer's GOODBYE arrives or
