@@ -7,9 +7,9 @@ import Testing
 struct EchoTests {
     @Test("echo, request/response, ACK, PING/PONG", arguments: TransportKind.allCases)
     func basics(kind: TransportKind) async throws {
-        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(50) }
+        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(100) }
         try await withServer(kind, configuration: configuration) { server, port in
-            let client = try await connect(kind, port: port) { $0.session.heartbeatInterval = .milliseconds(50) }
+            let client = try await connect(kind, port: port) { $0.session.heartbeatInterval = .milliseconds(100) }
             #expect(client.session.sessionID?.isEmpty == false)
             #expect(client.session.peer?.nodeID == "server")
 
@@ -29,7 +29,7 @@ struct EchoTests {
             await eventually("ACK") { client.session.acksReceived == 1 }
 
             // Silence for a few intervals: PINGs flow both ways and are answered.
-            try await Task.sleep(for: .milliseconds(300))
+            try await Task.sleep(for: .milliseconds(500))
             #expect(client.session.lastRoundTrip != nil)
             #expect(client.session.currentState == .open)
             await client.close()

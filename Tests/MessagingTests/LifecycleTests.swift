@@ -8,6 +8,27 @@ import Testing
 
 @Suite("Session lifecycle")
 struct LifecycleTests {
+    @Test("the connection limit answers SERVER_BUSY")
+    func connectionLimit() async throws {
+        let configuration = serverConfiguration { $0.maxConnections = 2 }
+        try await withServer(.plaintext, configuration: configuration) { server, port in
+            let first = try await connect(.plaintext, port: port, nodeID: "one")
+            let second = try await connect(.plaintext, port: port, nodeID: "two")
+            let third = try await RawPeer.connect(.plaintext, port: port)
+            await third.expectError(.serverBusy)
+            #expect(server.activeSessionCount == 2)
+            await first.close()
+            await eventually("a slot frees up") { server.activeSessionCount == 1 }
+            let fourth = try await connect(.plaintext, port: port, nodeID: "four")
+            await fourth.close()
+            await second.close()
+        }
+    }
+}
+
+/// Heavy: run apart from timing-sensitive tests (scripts/test.sh runs `LoadTests` suites last).
+@Suite("Session lifecycle (load)")
+struct SessionLoadTests {
     @Test("no session leaks after 1,000 cycles and 200 abrupt disconnects", arguments: TransportKind.allCases)
     func noLeaks(kind: TransportKind) async throws {
         let registry = PrometheusCollectorRegistry()
@@ -40,23 +61,6 @@ struct LifecycleTests {
             let text = registry.emitToString()
             #expect(MetricsTests.value("smsg_sessions_active", in: text) == 0)
             #expect(MetricsTests.value("smsg_sessions_total", in: text) == 1200)
-        }
-    }
-
-    @Test("the connection limit answers SERVER_BUSY")
-    func connectionLimit() async throws {
-        let configuration = serverConfiguration { $0.maxConnections = 2 }
-        try await withServer(.plaintext, configuration: configuration) { server, port in
-            let first = try await connect(.plaintext, port: port, nodeID: "one")
-            let second = try await connect(.plaintext, port: port, nodeID: "two")
-            let third = try await RawPeer.connect(.plaintext, port: port)
-            await third.expectError(.serverBusy)
-            #expect(server.activeSessionCount == 2)
-            await first.close()
-            await eventually("a slot frees up") { server.activeSessionCount == 1 }
-            let fourth = try await connect(.plaintext, port: port, nodeID: "four")
-            await fourth.close()
-            await second.close()
         }
     }
 

@@ -56,6 +56,12 @@ struct RateLimiter {
         return now - since >= self.limit.gracePeriod
     }
 
+    /// How long until the grace period runs out (the whole period when not throttled).
+    func graceRemaining(now: NIODeadline) -> TimeAmount {
+        guard let since = self.throttledSince else { return self.limit.gracePeriod }
+        return self.limit.gracePeriod - (now - since)
+    }
+
     /// How long until both buckets are back at zero or above.
     func timeUntilRefilled() -> TimeAmount {
         var seconds = 0.0

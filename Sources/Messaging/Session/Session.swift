@@ -45,6 +45,8 @@ public final class Session: Sendable {
     public var queuedBytes: Int { self.inbound.bytes }
     /// The most DATA payload bytes ever waiting for the application at once.
     public var peakQueuedBytes: Int { self.inbound.peakBytes }
+    /// The most messages ever waiting for the application at once.
+    public var peakQueuedMessageCount: Int { self.inbound.peakMessages }
     /// Whether DATA cannot be sent right now (the channel is over its write-buffer watermark
     /// or the peer said SLOW_DOWN): `send` would wait and `trySend` refuses.
     public var isSendBlocked: Bool { self.sendBlocked.load(ordering: .relaxed) }

@@ -550,7 +550,8 @@ final class SessionHandler: ChannelDuplexHandler {
 
     private func scheduleRateLimitRefill(context: ChannelHandlerContext) {
         guard self.rateLimitTimer == nil, let limiter = self.rateLimiter else { return }
-        let delay = max(limiter.timeUntilRefilled(), .milliseconds(1))
+        // Wake when the buckets are refilled, or when the grace period runs out if sooner.
+        let delay = max(min(limiter.timeUntilRefilled(), limiter.graceRemaining(now: .now())), .milliseconds(1))
         self.rateLimitTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
             self.rateLimitTimer = nil
             guard var limiter = self.rateLimiter, self.machine.state != .closed else { return }

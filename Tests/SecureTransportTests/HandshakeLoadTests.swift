@@ -4,8 +4,9 @@ import Testing
 
 @testable import SecureTransport
 
-@Suite("No leaks")
-struct LeakTests {
+/// Heavy: run apart from timing-sensitive tests (scripts/test.sh runs `LoadTests` suites last).
+@Suite("No leaks (load)")
+struct HandshakeLoadTests {
     /// Open file descriptors of this process.
     static func openFileDescriptors() -> Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
