@@ -46,6 +46,12 @@ struct BenchServer: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics.")
     var metrics: String?
 
+    @Flag(help: "Consume DATA without echoing it (REQUESTs are still answered).")
+    var sink = false
+
+    @Option(help: "Microseconds the application waits after taking each message (a slow consumer).")
+    var consumeDelayUs: Int = 0
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
@@ -101,7 +107,7 @@ struct BenchServer: AsyncParsableCommand {
             transport: transport,
             logger: logger,
             metrics: serverMetrics,
-            handler: Self.echo
+            handler: Self.handler(sink: self.sink, delay: .microseconds(self.consumeDelayUs))
         )
         services.insert(.init(service: server), at: 0)
         let group = ServiceGroup(
@@ -123,13 +129,18 @@ struct BenchServer: AsyncParsableCommand {
         }
     }
 
-    /// The echo of the benchmarks.
-    static let echo: SecureMessagingServer.Handler = { session in
-        for try await message in session.messages {
-            if message.isRequest {
-                try await session.respond(to: message, body: message.body)
-            } else {
-                try await session.send(topic: message.topic, body: message.body)
+    /// The echo of the benchmarks, or with `sink` a consumer that answers only REQUESTs.
+    static func handler(sink: Bool, delay: Duration) -> SecureMessagingServer.Handler {
+        { session in
+            for try await message in session.messages {
+                if delay > .zero {
+                    try await Task.sleep(for: delay)
+                }
+                if message.isRequest {
+                    try await session.respond(to: message, body: message.body)
+                } else if !sink {
+                    try await session.send(topic: message.topic, body: message.body)
+                }
             }
         }
     }
