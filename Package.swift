@@ -72,7 +72,11 @@ let package = Package(
         ),
         .target(
             name: "SMSGTestSupport",
-            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             path: "Tests/TestSupport"
         ),
         .testTarget(
@@ -98,6 +102,7 @@ let package = Package(
             name: "MessagingTests",
             dependencies: [
                 "Messaging",
+                "SMSGTestSupport",
                 "SecureTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

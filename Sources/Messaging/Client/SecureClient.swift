@@ -48,7 +48,7 @@ public final class SecureClient: Sendable {
         let session: Session
         do {
             session = try await ClientBootstrap(group: group)
-                .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000))
+                .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelOption(
                     .writeBufferWaterMark,

@@ -200,6 +200,12 @@ public final class SecureMessagingServer: Service, Sendable {
         do {
             try await self.handler(session)
             session.beginClose()
+        } catch let error as MessagingError where session.currentState == .closed {
+            // The connection ended under the handler (the peer vanished, or broke the protocol).
+            self.logger.debug(
+                "session ended",
+                metadata: ["session_id": "\(session.sessionID ?? "")", "error": "\(error)"]
+            )
         } catch {
             self.logger.error(
                 "session handler failed",

@@ -101,6 +101,11 @@ public final class Session: Sendable {
         self.handler.value = handler
     }
 
+    /// Lets go of the handler once the pipeline has removed it (on the event loop).
+    func detach() {
+        self.handler.value = nil
+    }
+
     // MARK: - Application API
 
     /// Sends a message. Waits while the channel is over its write-buffer watermark or the
@@ -126,6 +131,11 @@ public final class Session: Sendable {
     @discardableResult
     public func trySend(topic: String, body: ByteBuffer) -> Bool {
         guard !self.sendBlocked.load(ordering: .relaxed), self.currentState == .open else { return false }
+        let peerMaxFrame = min(self.peer?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
+        let topicBytes = topic.utf8.count
+        guard topicBytes <= Message.maximumTopicBytes, 1 + topicBytes + body.readableBytes <= peerMaxFrame else {
+            return false
+        }
         self.onLoop { handler in
             _ = handler?.sendData(topic: topic, body: body, flags: [], mayWait: false, promise: nil)
         }

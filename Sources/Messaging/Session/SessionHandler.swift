@@ -30,6 +30,10 @@ final class SessionHandler: ChannelDuplexHandler {
     private var lastSent = NIODeadline.now()
     private var pendingRequests: [UInt64: PendingRequest] = [:]
     private var goodbyeOwed = false
+    /// A GOODBYE came from the peer, or we sent ours and it answered.
+    private var goodbyeExchanged = false
+    /// The application asked to close (GOODBYE sent by us).
+    private var closeRequestedLocally = false
     private var failureReported: MessagingError?
 
     private struct PendingRequest {
@@ -96,6 +100,8 @@ final class SessionHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimers()
         self.context = nil
+        // The session and this handler refer to each other; the pipeline is done with us.
+        self.session.detach()
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -158,6 +164,8 @@ final class SessionHandler: ChannelDuplexHandler {
             self.recordFailure(MessagingError(.peerError, reason, errorCode: code))
             context.close(promise: nil)
         case .goodbyeReceived:
+            self.goodbyeExchanged = true
+            self.session.markDraining()
             self.session.inbound.finish()
             self.goodbyeOwed = true
             self.answerGoodbyeIfReady(context: context)
@@ -170,12 +178,18 @@ final class SessionHandler: ChannelDuplexHandler {
                 }
             }
         case .goodbyeComplete:
+            self.goodbyeExchanged = true
             self.phaseTimer?.cancel()
             context.close(promise: nil)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.machine.state == .closed, error is ProtocolViolation || error is ByteToMessageDecoderError {
+            // An ERROR is already out; the decoder keeps complaining about the input we now
+            // read and discard until the linger ends.
+            return
+        }
         switch error {
         case let violation as ProtocolViolation:
             self.sendErrorAndClose(context: context, violation)
@@ -214,7 +228,9 @@ final class SessionHandler: ChannelDuplexHandler {
             }
         }
         self.session.sendBlocked.store(true, ordering: .relaxed)
-        self.session.connectionEnded(failure: self.failureReported)
+        // A connection that ended without GOODBYE (and without our asking) did not end cleanly.
+        let cleanEnd = self.goodbyeExchanged || self.closeRequestedLocally
+        self.session.connectionEnded(failure: self.failureReported ?? (cleanEnd ? nil : failure))
         context.fireChannelInactive()
     }
 
@@ -338,6 +354,12 @@ final class SessionHandler: ChannelDuplexHandler {
         self.write(context: context, Frame(type: .error, payload: payload), flush: true)
         context.close(mode: .output, promise: nil)
         self.cancelTimers()
+        // Read (and discard) during the linger even if a rate limit had paused reading.
+        self.rateLimiter = nil
+        if self.readHeld {
+            self.readHeld = false
+            context.read()
+        }
         self.phaseTimer = context.eventLoop.assumeIsolated().scheduleTask(in: Self.errorLingerTime) {
             context.close(promise: nil)
         }
@@ -384,6 +406,17 @@ final class SessionHandler: ChannelDuplexHandler {
             }
             return nil
         }
+        return self.writeData(context: context, topic: topic, body: body, flags: flags, promise: promise)
+    }
+
+    /// Numbers and writes a DATA frame; the caller has checked that sending is not blocked.
+    private func writeData(
+        context: ChannelHandlerContext,
+        topic: String,
+        body: ByteBuffer,
+        flags: DataFlags,
+        promise: EventLoopPromise<Void>?
+    ) -> UInt64? {
         let id: UInt64
         do {
             id = try self.machine.prepareData(topicBytes: topic.utf8.count, bodyBytes: body.readableBytes, flags: flags)
@@ -410,6 +443,18 @@ final class SessionHandler: ChannelDuplexHandler {
             self.parkedSends.append(.request(topic: topic, body: body, timeout: timeout, promise: promise))
             return
         }
+        self.writeRequest(context: context, topic: topic, body: body, timeout: timeout, promise: promise)
+    }
+
+    /// Numbers and writes a REQUEST and waits for its RESPONSE; the caller has checked that
+    /// sending is not blocked.
+    private func writeRequest(
+        context: ChannelHandlerContext,
+        topic: String,
+        body: ByteBuffer,
+        timeout: TimeAmount,
+        promise: EventLoopPromise<Message>
+    ) {
         let id: UInt64
         do {
             id = try self.machine.prepareData(
@@ -501,12 +546,13 @@ final class SessionHandler: ChannelDuplexHandler {
 
     /// Publishes whether sends are blocked, and sends what was parked once they are not.
     private func updateSendBlocked(context: ChannelHandlerContext) {
+        // Parked sends go first, in order, while the channel takes them.
         while !self.parkedSends.isEmpty, !self.peerSaidSlowDown, context.channel.isWritable, self.machine.isOpen {
             switch self.parkedSends.removeFirst() {
             case .data(let topic, let body, let flags, let promise):
-                _ = self.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise)
+                _ = self.writeData(context: context, topic: topic, body: body, flags: flags, promise: promise)
             case .request(let topic, let body, let timeout, let promise):
-                self.sendRequest(topic: topic, body: body, timeout: timeout, promise: promise)
+                self.writeRequest(context: context, topic: topic, body: body, timeout: timeout, promise: promise)
             }
         }
         self.session.sendBlocked.store(self.isSendBlocked(context: context), ordering: .relaxed)
@@ -589,12 +635,14 @@ final class SessionHandler: ChannelDuplexHandler {
         case .open, .draining:
             break
         }
+        self.closeRequestedLocally = true
         let (send, complete) = self.machine.sendGoodbye()
         guard send else {
             // Answering the peer's GOODBYE waits for the RESPONSEs we owe (answerGoodbyeIfReady).
             return
         }
         self.goodbyeOwed = false
+        self.session.markDraining()
         self.write(context: context, Frame(type: .goodbye), flush: true)
         if complete {
             context.close(promise: nil)

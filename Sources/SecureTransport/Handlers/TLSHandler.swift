@@ -408,12 +408,18 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.handshakeTimer?.cancel()
         self.handshakeTimer = nil
         self.failPendingWrites(error)
-        context.fireErrorCaught(error)
         if error.code == .handshakeTimeout {
             // Nothing to say to a peer that never finished its part.
+            context.fireErrorCaught(error)
             context.close(promise: nil)
-        } else {
+        } else if self.connection?.hasOutboundCiphertext == true {
+            // Start sending the alert first: a handler above that closes on this error then
+            // waits for it instead of cutting it off.
             self.sendCiphertextThenClose(context: context, promise: nil)
+            context.fireErrorCaught(error)
+        } else {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
         }
     }
 
