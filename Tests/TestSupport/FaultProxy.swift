@@ -25,13 +25,16 @@ public final class FaultProxy: Sendable {
         let state = NIOLockedValueBox(State())
         let listener = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { inbound in
+                // The accepted channel is registered (and starts reading) only once this future
+                // succeeds; a failed future closes it: that is how a refusal looks.
                 if state.withLockedValue({ $0.refusing }) {
-                    return inbound.close()
+                    return inbound.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
                 }
                 return ClientBootstrap(group: inbound.eventLoop)
-                    .channelOption(.autoRead, value: false)
+                    .channelInitializer { outbound in
+                        outbound.pipeline.addHandler(ForwardHandler(partner: inbound, state: state))
+                    }
                     .connect(host: "127.0.0.1", port: targetPort)
                     .flatMap { outbound in
                         state.withLockedValue {
@@ -45,14 +48,7 @@ public final class FaultProxy: Sendable {
                                 }
                             }
                         }
-                        let forward = inbound.pipeline.addHandler(ForwardHandler(partner: outbound, state: state))
-                        let backward = outbound.pipeline.addHandler(ForwardHandler(partner: inbound, state: state))
-                        return forward.and(backward).map { _ in
-                            inbound.read()
-                            outbound.read()
-                            _ = inbound.setOption(.autoRead, value: true)
-                            _ = outbound.setOption(.autoRead, value: true)
-                        }
+                        return inbound.pipeline.addHandler(ForwardHandler(partner: outbound, state: state))
                     }
             }
             .bind(host: "127.0.0.1", port: 0)

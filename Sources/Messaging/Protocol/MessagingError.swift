@@ -30,6 +30,12 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let connectFailed = Code("connect failed")
         /// The server or client is shutting down.
         public static let shuttingDown = Code("shutting down")
+        /// A reconnecting client has no connection now and does not wait for one.
+        public static let notConnected = Code("not connected")
+        /// A reconnecting client stopped trying (its policy ran out of attempts).
+        public static let gaveUp = Code("gave up")
+        /// Too many sends are already waiting for a connection.
+        public static let outboxFull = Code("outbox full")
 
         public var description: String { self.name }
     }

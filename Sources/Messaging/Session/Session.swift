@@ -59,6 +59,7 @@ public final class Session: Sendable {
     let inbound: InboundQueue
     /// Kept up to date by the handler, read by `trySend` from any thread.
     let sendBlocked = Atomic<Bool>(false)
+    private let ackListener = NIOLockedValueBox<(@Sendable (UInt64) -> Void)?>(nil)
     private let state: NIOLockedValueBox<State>
     private let handler: NIOLoopBoundBox<SessionHandler?>
     private let openPromise: EventLoopPromise<Void>
@@ -107,6 +108,30 @@ public final class Session: Sendable {
     }
 
     // MARK: - Application API
+
+    /// Sends a message and reports, on the event loop, the DATA id it was given.
+    func send(
+        topic: String,
+        body: ByteBuffer,
+        ackRequested: Bool,
+        onID: @escaping @Sendable (UInt64) -> Void
+    ) async throws {
+        let promise = self.channel.eventLoop.makePromise(of: Void.self)
+        let flags: DataFlags = ackRequested ? .ackRequested : []
+        self.onLoop { handler in
+            guard let handler else {
+                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
+                return
+            }
+            _ = handler.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise, onID: onID)
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Called with the id of every ACK received (on the event loop).
+    func onAck(_ listener: @escaping @Sendable (UInt64) -> Void) {
+        self.ackListener.withLockedValue { $0 = listener }
+    }
 
     /// Sends a message. Waits while the channel is over its write-buffer watermark or the
     /// peer said SLOW_DOWN; returns once the message is written to the connection.
@@ -260,6 +285,7 @@ public final class Session: Sendable {
 
     func recordAck(id: UInt64) {
         self.state.withLockedValue { $0.acksReceived += 1 }
+        self.ackListener.withLockedValue { $0 }?(id)
     }
 
     func recordFlow(_ signal: FlowSignal) {

@@ -43,7 +43,13 @@ final class SessionHandler: ChannelDuplexHandler {
 
     /// A send that waits for the channel to become writable or the peer to say RESUME.
     private enum ParkedSend {
-        case data(topic: String, body: ByteBuffer, flags: DataFlags, promise: EventLoopPromise<Void>?)
+        case data(
+            topic: String,
+            body: ByteBuffer,
+            flags: DataFlags,
+            promise: EventLoopPromise<Void>?,
+            onID: (@Sendable (UInt64) -> Void)?
+        )
         case request(topic: String, body: ByteBuffer, timeout: TimeAmount, promise: EventLoopPromise<Message>)
     }
 
@@ -100,6 +106,11 @@ final class SessionHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimers()
         self.context = nil
+        // A channel that never became active (a failed connect) gets no channelInactive: end
+        // the session here too. Ending twice changes nothing.
+        self.session.connectionEnded(
+            failure: self.failureReported ?? MessagingError(.connectionClosed, "the connection closed")
+        )
         // The session and this handler refer to each other; the pipeline is done with us.
         self.session.detach()
     }
@@ -223,7 +234,7 @@ final class SessionHandler: ChannelDuplexHandler {
         self.pendingRequests.removeAll()
         while let parked = self.parkedSends.popFirst() {
             switch parked {
-            case .data(_, _, _, let promise): promise?.fail(failure)
+            case .data(_, _, _, let promise, _): promise?.fail(failure)
             case .request(_, _, _, let promise): promise.fail(failure)
             }
         }
@@ -391,7 +402,8 @@ final class SessionHandler: ChannelDuplexHandler {
         body: ByteBuffer,
         flags: DataFlags,
         mayWait: Bool,
-        promise: EventLoopPromise<Void>?
+        promise: EventLoopPromise<Void>?,
+        onID: (@Sendable (UInt64) -> Void)? = nil
     ) -> UInt64? {
         guard let context = self.context else {
             promise?.fail(MessagingError(.connectionClosed, "the connection closed"))
@@ -400,13 +412,13 @@ final class SessionHandler: ChannelDuplexHandler {
         if self.isSendBlocked(context: context) {
             self.metrics?.backpressureEvents.increment()
             if mayWait, self.machine.isOpen {
-                self.parkedSends.append(.data(topic: topic, body: body, flags: flags, promise: promise))
+                self.parkedSends.append(.data(topic: topic, body: body, flags: flags, promise: promise, onID: onID))
             } else {
                 promise?.fail(MessagingError(.closing, "the peer cannot take more now"))
             }
             return nil
         }
-        return self.writeData(context: context, topic: topic, body: body, flags: flags, promise: promise)
+        return self.writeData(context: context, topic: topic, body: body, flags: flags, promise: promise, onID: onID)
     }
 
     /// Numbers and writes a DATA frame; the caller has checked that sending is not blocked.
@@ -415,7 +427,8 @@ final class SessionHandler: ChannelDuplexHandler {
         topic: String,
         body: ByteBuffer,
         flags: DataFlags,
-        promise: EventLoopPromise<Void>?
+        promise: EventLoopPromise<Void>?,
+        onID: (@Sendable (UInt64) -> Void)?
     ) -> UInt64? {
         let id: UInt64
         do {
@@ -424,6 +437,7 @@ final class SessionHandler: ChannelDuplexHandler {
             promise?.fail(self.failureReported ?? MessagingError(error))
             return nil
         }
+        onID?(id)
         self.write(
             context: context,
             Self.dataFrame(topic: topic, body: body, flags: flags, id: id),
@@ -549,8 +563,15 @@ final class SessionHandler: ChannelDuplexHandler {
         // Parked sends go first, in order, while the channel takes them.
         while !self.parkedSends.isEmpty, !self.peerSaidSlowDown, context.channel.isWritable, self.machine.isOpen {
             switch self.parkedSends.removeFirst() {
-            case .data(let topic, let body, let flags, let promise):
-                _ = self.writeData(context: context, topic: topic, body: body, flags: flags, promise: promise)
+            case .data(let topic, let body, let flags, let promise, let onID):
+                _ = self.writeData(
+                    context: context,
+                    topic: topic,
+                    body: body,
+                    flags: flags,
+                    promise: promise,
+                    onID: onID
+                )
             case .request(let topic, let body, let timeout, let promise):
                 self.writeRequest(context: context, topic: topic, body: body, timeout: timeout, promise: promise)
             }

@@ -1,0 +1,336 @@
+public import Logging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+
+/// What happens to a ``ReconnectingClient``'s connection.
+public enum ConnectionEvent: Sendable, Hashable {
+    /// A session is open (again). The id is the server's session id.
+    case connected(sessionID: String?)
+    /// The session ended; `nil` when the client itself closed it.
+    case disconnected(MessagingError?)
+    /// The next attempt, and how long the client waits before it.
+    case reconnecting(attempt: Int, delay: Duration)
+    /// The policy ran out of attempts: the client stops.
+    case gaveUp(MessagingError?)
+}
+
+/// What `send` does while there is no connection.
+public enum DisconnectedSendPolicy: Sendable, Hashable {
+    /// Wait for the next connection; at most `capacity` sends wait at once, and more fail with
+    /// ``MessagingError/Code/outboxFull``.
+    case wait(capacity: Int)
+    /// Fail at once with ``MessagingError/Code/notConnected``.
+    case failFast
+}
+
+/// A client that keeps a session to one server open: it reconnects by itself after a lost
+/// or refused connection, with the backoff of its ``ReconnectPolicy``, and repeats HELLO with
+/// the same node_id.
+///
+/// Delivery: a message sent with `ackRequested: true` is kept until the server ACKs it (its
+/// application took it) and sent again after every reconnect until then — **at least once**:
+/// a message whose ACK was lost with the connection arrives twice, and resent messages may
+/// overtake newer ones. Messages without ACK are at most once. Requests in flight when the
+/// connection is lost fail with ``MessagingError/Code/connectionClosed``; they are not repeated.
+///
+/// Messages from the server arrive on ``messages`` across reconnects, and connection changes on
+/// ``events``.
+public final class ReconnectingClient: Sendable {
+    private let host: String
+    private let port: Int
+    private let transport: any MessagingTransport
+    private let serverHostname: String?
+    private let configuration: ClientConfiguration
+    private let policy: ReconnectPolicy
+    private let disconnectedSends: DisconnectedSendPolicy
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let sleep: @Sendable (Duration) async throws -> Void
+    private let state = NIOLockedValueBox(State())
+    private let eventContinuation: AsyncStream<ConnectionEvent>.Continuation
+    private let messageContinuation: AsyncStream<Message>.Continuation
+    private let runner = NIOLockedValueBox<Task<Void, Never>?>(nil)
+
+    /// Connection changes, in order.
+    public let events: AsyncStream<ConnectionEvent>
+    /// Messages from the server, across reconnects.
+    public let messages: AsyncStream<Message>
+
+    /// DATA id → local number, for one session: ACKs of an old session never touch the
+    /// messages of a newer one.
+    private final class AckTracker: Sendable {
+        let inFlight = NIOLockedValueBox<[UInt64: UInt64]>([:])
+    }
+
+    private struct State {
+        var session: Session?
+        var tracker = AckTracker()
+        var waiters: [UInt64: CheckedContinuation<Session, any Error>] = [:]
+        var nextWaiter: UInt64 = 0
+        var stopped = false
+        var stopReason: MessagingError?
+        /// Messages sent with ACK requested and not yet ACKed, by local number.
+        var unacked: [UInt64: (topic: String, body: ByteBuffer)] = [:]
+        var nextLocal: UInt64 = 0
+    }
+
+    /// Starts connecting (in the background) and returns at once; see ``events``.
+    ///
+    /// - Parameter clock: the clock backoff delays are slept on (a test clock needs no real waiting).
+    public init(
+        host: String,
+        port: Int,
+        transport: any MessagingTransport,
+        serverHostname: String? = nil,
+        configuration: ClientConfiguration,
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        disconnectedSends: DisconnectedSendPolicy = .wait(capacity: 1024),
+        clock: some Clock<Duration> = ContinuousClock(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.serverHostname = serverHostname
+        self.configuration = configuration
+        self.policy = policy
+        self.disconnectedSends = disconnectedSends
+        self.group = group
+        self.logger = logger
+        self.sleep = { try await clock.sleep(for: $0) }
+        (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        (self.messages, self.messageContinuation) = AsyncStream.makeStream()
+        let task = Task { await self.run() }
+        self.runner.withLockedValue { $0 = task }
+    }
+
+    /// The session now open, if any.
+    public var currentSession: Session? { self.state.withLockedValue { $0.session } }
+
+    /// Messages sent with ACK requested that the server has not acknowledged yet.
+    public var unacknowledgedCount: Int { self.state.withLockedValue { $0.unacked.count } }
+
+    // MARK: - Sending
+
+    /// Sends a message on the current connection, waiting for one if needed (see
+    /// ``DisconnectedSendPolicy``). With `ackRequested`, the message is kept and repeated after
+    /// reconnects until ACKed: once this returns, it is not lost while the client runs.
+    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
+        guard ackRequested else {
+            let session = try await self.sessionForSending()
+            try await session.send(topic: topic, body: body)
+            return
+        }
+        let local: UInt64 = try self.state.withLockedValue { state in
+            if state.stopped { throw state.stopReason ?? MessagingError(.shuttingDown, "the client is closed") }
+            state.nextLocal += 1
+            state.unacked[state.nextLocal] = (topic, body)
+            return state.nextLocal
+        }
+        let session = try await self.sessionForSending()
+        let tracker = self.state.withLockedValue { $0.session === session ? $0.tracker : AckTracker() }
+        do {
+            try await self.sendTracked(local: local, topic: topic, body: body, on: session, tracker: tracker)
+        } catch {
+            // Kept in `unacked`: the next connection sends it again.
+            self.logger.debug("acknowledged send interrupted; it will be repeated", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Sends a REQUEST on the current connection (waiting for one if needed) and waits for the
+    /// RESPONSE.
+    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
+        let session = try await self.sessionForSending()
+        return try await session.request(topic: topic, body: body, timeout: timeout)
+    }
+
+    /// Stops reconnecting, closes the session gracefully and ends ``events`` and ``messages``.
+    public func close() async {
+        let (session, waiters) = self.state.withLockedValue { state in
+            state.stopped = true
+            state.stopReason = MessagingError(.shuttingDown, "the client is closed")
+            defer { state.waiters.removeAll() }
+            return (state.session, Array(state.waiters.values))
+        }
+        for waiter in waiters {
+            waiter.resume(throwing: MessagingError(.shuttingDown, "the client is closed"))
+        }
+        let task = self.runner.withLockedValue { $0 }
+        task?.cancel()
+        await session?.close()
+        await task?.value
+    }
+
+    private func sendTracked(
+        local: UInt64,
+        topic: String,
+        body: ByteBuffer,
+        on session: Session,
+        tracker: AckTracker
+    ) async throws {
+        try await session.send(topic: topic, body: body, ackRequested: true) { id in
+            tracker.inFlight.withLockedValue { $0[id] = local }
+        }
+    }
+
+    private func sessionForSending() async throws -> Session {
+        let immediate: Result<Session, any Error>? = self.state.withLockedValue { state in
+            if state.stopped {
+                return .failure(state.stopReason ?? MessagingError(.shuttingDown, "the client is closed"))
+            }
+            if let session = state.session { return .success(session) }
+            switch self.disconnectedSends {
+            case .failFast:
+                return .failure(MessagingError(.notConnected, "not connected"))
+            case .wait(let capacity):
+                return state.waiters.count >= capacity
+                    ? .failure(MessagingError(.outboxFull, "\(capacity) sends already wait for a connection"))
+                    : nil
+            }
+        }
+        if let immediate {
+            return try immediate.get()
+        }
+        let key = self.state.withLockedValue { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let resumeNow: Result<Session, any Error>? = self.state.withLockedValue { state in
+                    if state.stopped {
+                        return .failure(state.stopReason ?? MessagingError(.shuttingDown, "the client is closed"))
+                    }
+                    if let session = state.session { return .success(session) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiters[key] = continuation
+                    return nil
+                }
+                if let resumeNow {
+                    continuation.resume(with: resumeNow)
+                }
+            }
+        } onCancel: {
+            let waiter = self.state.withLockedValue { $0.waiters.removeValue(forKey: key) }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    // MARK: - The connection loop
+
+    private func run() async {
+        var attempt = 0
+        var generator = SystemRandomNumberGenerator()
+        var lastError: MessagingError?
+        while !self.state.withLockedValue({ $0.stopped }) {
+            do {
+                let client = try await SecureClient.connect(
+                    host: self.host,
+                    port: self.port,
+                    transport: self.transport,
+                    serverHostname: self.serverHostname,
+                    configuration: self.configuration,
+                    group: self.group,
+                    logger: self.logger
+                )
+                attempt = 0
+                lastError = await self.serve(client.session)
+            } catch {
+                lastError = error as? MessagingError ?? MessagingError(.connectFailed, "\(error)")
+                self.eventContinuation.yield(.disconnected(lastError))
+            }
+            if self.state.withLockedValue({ $0.stopped }) { break }
+            attempt += 1
+            guard let delay = self.policy.delay(forAttempt: attempt, using: &generator) else {
+                let reason = MessagingError(
+                    .gaveUp,
+                    "gave up after \(attempt - 1) attempts: \(lastError?.reason ?? "")"
+                )
+                self.giveUp(reason, last: lastError)
+                return
+            }
+            self.eventContinuation.yield(.reconnecting(attempt: attempt, delay: delay))
+            do {
+                try await self.sleep(delay)
+            } catch {
+                break  // Cancelled by close().
+            }
+        }
+        self.eventContinuation.finish()
+        self.messageContinuation.finish()
+    }
+
+    /// Runs one session until it ends; returns why it ended (`nil`: we closed it).
+    private func serve(_ session: Session) async -> MessagingError? {
+        let tracker = AckTracker()
+        session.onAck { [weak self] id in
+            guard let local = tracker.inFlight.withLockedValue({ $0.removeValue(forKey: id) }) else { return }
+            _ = self?.state.withLockedValue { $0.unacked.removeValue(forKey: local) }
+        }
+        let (waiters, pending, stopped):
+            ([CheckedContinuation<Session, any Error>], [(UInt64, String, ByteBuffer)], Bool) =
+                self.state.withLockedValue { state in
+                    guard !state.stopped else { return ([], [], true) }
+                    state.session = session
+                    state.tracker = tracker
+                    let waiters = Array(state.waiters.values)
+                    state.waiters.removeAll()
+                    let pending = state.unacked.sorted { $0.key < $1.key }.map {
+                        ($0.key, $0.value.topic, $0.value.body)
+                    }
+                    return (waiters, pending, false)
+                }
+        if stopped {
+            await session.close()
+            return nil
+        }
+        self.eventContinuation.yield(.connected(sessionID: session.sessionID))
+        // Unacknowledged messages from earlier connections go first, then waiting sends resume.
+        let resend = Task {
+            for (local, topic, body) in pending {
+                do {
+                    try await self.sendTracked(local: local, topic: topic, body: body, on: session, tracker: tracker)
+                } catch {
+                    return
+                }
+            }
+        }
+        for waiter in waiters {
+            waiter.resume(returning: session)
+        }
+        var failure: MessagingError?
+        do {
+            for try await message in session.messages {
+                self.messageContinuation.yield(message)
+            }
+        } catch {
+            failure = error as? MessagingError ?? MessagingError(.connectionClosed, "\(error)")
+        }
+        await session.waitUntilClosed()
+        resend.cancel()
+        let stoppedNow = self.state.withLockedValue { state in
+            state.session = nil
+            return state.stopped
+        }
+        let reason = stoppedNow ? nil : (failure ?? MessagingError(.connectionClosed, "the server closed the session"))
+        self.eventContinuation.yield(.disconnected(reason))
+        return reason
+    }
+
+    private func giveUp(_ reason: MessagingError, last: MessagingError?) {
+        let waiters = self.state.withLockedValue { state in
+            state.stopped = true
+            state.stopReason = reason
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters {
+            waiter.resume(throwing: reason)
+        }
+        self.eventContinuation.yield(.gaveUp(last))
+        self.eventContinuation.finish()
+        self.messageContinuation.finish()
+    }
+}

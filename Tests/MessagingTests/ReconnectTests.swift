@@ -1,0 +1,270 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SMSGTestSupport
+import Testing
+
+@testable import Messaging
+
+/// Collects a reconnecting client's events as they happen.
+final class EventLog: Sendable {
+    private let events = NIOLockedValueBox<[ConnectionEvent]>([])
+    private let task: NIOLockedValueBox<Task<Void, Never>?> = NIOLockedValueBox(nil)
+
+    init(_ client: ReconnectingClient) {
+        let events = self.events
+        let task = Task {
+            for await event in client.events {
+                events.withLockedValue { $0.append(event) }
+            }
+        }
+        self.task.withLockedValue { $0 = task }
+    }
+
+    var all: [ConnectionEvent] { self.events.withLockedValue { $0 } }
+
+    var connects: Int {
+        self.all.filter { if case .connected = $0 { true } else { false } }.count
+    }
+
+    var disconnects: Int {
+        self.all.filter { if case .disconnected = $0 { true } else { false } }.count
+    }
+
+    var attempts: [(Int, Duration)] {
+        self.all.compactMap { if case .reconnecting(let attempt, let delay) = $0 { (attempt, delay) } else { nil } }
+    }
+
+    var gaveUp: Bool {
+        self.all.contains { if case .gaveUp = $0 { true } else { false } }
+    }
+}
+
+@Suite("Reconnection")
+struct ReconnectTests {
+    @Test("backoff against a closed port follows the policy on the injected clock, then gives up")
+    func backoffSchedule() async throws {
+        let clock = RecordingClock()
+        let policy = ReconnectPolicy(
+            initialDelay: .milliseconds(100),
+            multiplier: 2,
+            maximumDelay: .seconds(1),
+            maximumAttempts: 6
+        )
+        let closed = ClosedPort()
+        let client = ReconnectingClient(
+            host: "127.0.0.1",
+            port: closed.port,
+            transport: PlainTCPTransport(),
+            configuration: ClientConfiguration(nodeID: "backoff"),
+            policy: policy,
+            disconnectedSends: .failFast,
+            clock: clock
+        )
+        let log = EventLog(client)
+        await eventually("gave up") { log.gaveUp }
+        _ = closed
+        let attempts = log.attempts
+        #expect(attempts.map(\.0) == [1, 2, 3, 4, 5, 6])
+        for (attempt, delay) in attempts {
+            #expect(delay >= .zero && delay <= policy.ceiling(forAttempt: attempt), "attempt \(attempt): \(delay)")
+        }
+        #expect(clock.sleeps == attempts.map(\.1), "every delay was slept on the injected clock")
+        do {
+            try await client.send(topic: "t", body: ByteBuffer())
+            Issue.record("a client that gave up must refuse sends")
+        } catch let error as MessagingError {
+            #expect(error.code == .gaveUp)
+        }
+        await client.close()
+    }
+
+    @Test("no busy loop: real time, a closed port, at most the attempts the policy allows")
+    func noBusyLoop() async throws {
+        let policy = ReconnectPolicy(
+            initialDelay: .milliseconds(50),
+            multiplier: 2,
+            maximumDelay: .milliseconds(400),
+            maximumAttempts: 8
+        )
+        let closed = ClosedPort()
+        let client = ReconnectingClient(
+            host: "127.0.0.1",
+            port: closed.port,
+            transport: PlainTCPTransport(),
+            configuration: ClientConfiguration(nodeID: "patient"),
+            policy: policy
+        )
+        let log = EventLog(client)
+        try await Task.sleep(for: .seconds(5))
+        #expect(log.attempts.count <= 8)
+        await eventually("gave up after its attempts", timeout: .seconds(30)) { log.gaveUp }
+        #expect(log.attempts.count == 8)
+        _ = closed
+        await client.close()
+    }
+
+    @Test("10,000 acknowledged messages survive two server restarts, none lost")
+    func serverRestarts() async throws {
+        let received = NIOLockedValueBox(Set<Int>())
+        let handler: SecureMessagingServer.Handler = { session in
+            for try await message in session.messages {
+                _ = received.withLockedValue { $0.insert(Int(String(buffer: message.body))!) }
+            }
+        }
+        func startServer(port: Int) async throws -> (SecureMessagingServer, Task<Void, any Error>) {
+            let server = SecureMessagingServer(
+                configuration: ServerConfiguration(port: port),
+                transport: PlainTCPTransport(),
+                logger: quietLogger,
+                handler: handler
+            )
+            let task = Task { try await server.run() }
+            _ = try await server.listeningAddress()
+            return (server, task)
+        }
+        var (server, running) = try await startServer(port: 0)
+        let port = try await server.listeningAddress().port!
+        let client = ReconnectingClient(
+            host: "127.0.0.1",
+            port: port,
+            transport: PlainTCPTransport(),
+            configuration: ClientConfiguration(nodeID: "steady"),
+            policy: ReconnectPolicy(initialDelay: .milliseconds(20), multiplier: 2, maximumDelay: .milliseconds(200))
+        )
+        let log = EventLog(client)
+        let total = 10_000
+        let sender = Task {
+            for index in 0..<total {
+                try await client.send(topic: "n", body: ByteBuffer(string: "\(index)"), ackRequested: true)
+            }
+        }
+        for round in 1...2 {
+            let threshold = round * total / 3
+            await eventually("\(threshold) received", timeout: .seconds(60)) {
+                received.withLockedValue { $0.count } >= threshold
+            }
+            server.shutdown()
+            try await running.value
+            try await Task.sleep(for: .milliseconds(100))
+            (server, running) = try await startServer(port: port)
+        }
+        try await sender.value
+        await eventually("every message acknowledged", timeout: .seconds(60)) { client.unacknowledgedCount == 0 }
+        #expect(received.withLockedValue { $0 } == Set(0..<total))
+        #expect(log.connects >= 3)
+        #expect(client.currentSession?.currentState == .open)
+        await client.close()
+        server.shutdown()
+        try await running.value
+    }
+
+    @Test("through a faulty proxy: cut, black hole, refusal — the client comes back each time")
+    func proxyFaults() async throws {
+        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(200) }
+        try await withServer(.plaintext, configuration: configuration) { _, port in
+            let proxy = try await FaultProxy.start(targetPort: port)
+            var clientConfiguration = ClientConfiguration(nodeID: "through-proxy")
+            clientConfiguration.session.heartbeatInterval = .milliseconds(200)
+            clientConfiguration.session.helloTimeout = .milliseconds(500)
+            let client = ReconnectingClient(
+                host: "127.0.0.1",
+                port: proxy.port,
+                transport: PlainTCPTransport(),
+                configuration: clientConfiguration,
+                policy: ReconnectPolicy(
+                    initialDelay: .milliseconds(20),
+                    multiplier: 2,
+                    maximumDelay: .milliseconds(200)
+                )
+            )
+            let log = EventLog(client)
+            await eventually("connected") { log.connects == 1 }
+            let first = try await client.request(topic: "t", body: ByteBuffer(string: "1"))
+            #expect(String(buffer: first.body) == "1")
+
+            // 1. Cut every connection.
+            proxy.cutAll()
+            await eventually("reconnected after the cut") { log.connects == 2 }
+            _ = try await client.request(topic: "t", body: ByteBuffer(string: "2"))
+
+            // 2. A black hole: nothing passes, nothing closes. Heartbeats notice.
+            let disconnectsBefore = log.disconnects
+            let paused = ContinuousClock.now
+            proxy.setPaused(true)
+            await eventually("the black hole was detected") { log.disconnects > disconnectsBefore }
+            // Only the heartbeat timeout (3 × 200 ms of silence) can have noticed it.
+            #expect(ContinuousClock.now - paused >= .milliseconds(500))
+            proxy.setPaused(false)
+            await eventually("reconnected after the black hole") { log.connects >= 3 }
+            _ = try await client.request(topic: "t", body: ByteBuffer(string: "3"))
+
+            // 3. Refuse new connections for a while: backoff, then success.
+            proxy.setRefusingNewConnections(true)
+            let attemptsBefore = log.attempts.count
+            proxy.cutAll()
+            await eventually("several refused attempts") { log.attempts.count >= attemptsBefore + 3 }
+            let connectsBefore = log.connects
+            proxy.setRefusingNewConnections(false)
+            await eventually("reconnected after the refusals") { log.connects == connectsBefore + 1 }
+            let last = try await client.request(topic: "t", body: ByteBuffer(string: "4"))
+            #expect(String(buffer: last.body) == "4")
+
+            await client.close()
+            await proxy.close()
+        }
+    }
+
+    @Test("fail-fast sends while disconnected, waiting sends resume on reconnect")
+    func disconnectedSends() async throws {
+        // A port reserved by a socket that does not listen; freed just before the server binds.
+        var closed: ClosedPort? = ClosedPort()
+        let port = closed!.port
+        let failFast = ReconnectingClient(
+            host: "127.0.0.1",
+            port: port,
+            transport: PlainTCPTransport(),
+            configuration: ClientConfiguration(nodeID: "ff"),
+            policy: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)),
+            disconnectedSends: .failFast
+        )
+        do {
+            try await failFast.send(topic: "t", body: ByteBuffer())
+            Issue.record("expected notConnected")
+        } catch let error as MessagingError {
+            #expect(error.code == .notConnected)
+        }
+        await failFast.close()
+
+        let waiting = ReconnectingClient(
+            host: "127.0.0.1",
+            port: port,
+            transport: PlainTCPTransport(),
+            configuration: ClientConfiguration(nodeID: "waits"),
+            policy: ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50)),
+            disconnectedSends: .wait(capacity: 1)
+        )
+        let pending = Task { try await waiting.request(topic: "later", body: ByteBuffer(string: "hi")) }
+        try await Task.sleep(for: .milliseconds(100))
+        do {
+            try await waiting.send(topic: "t", body: ByteBuffer())
+            Issue.record("expected outboxFull")
+        } catch let error as MessagingError {
+            #expect(error.code == .outboxFull)
+        }
+        // Now a server appears on that port.
+        closed = nil
+        let server = SecureMessagingServer(
+            configuration: ServerConfiguration(port: port),
+            transport: PlainTCPTransport(),
+            logger: quietLogger,
+            handler: echoHandler
+        )
+        let running = Task { try await server.run() }
+        let reply = try await pending.value
+        #expect(String(buffer: reply.body) == "hi")
+        await waiting.close()
+        server.shutdown()
+        try await running.value
+    }
+}
