@@ -103,6 +103,7 @@ let package = Package(
             dependencies: [
                 "Messaging",
                 "SMSGTestSupport",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 "SecureTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -36,6 +36,8 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let gaveUp = Code("gave up")
         /// Too many sends are already waiting for a connection.
         public static let outboxFull = Code("outbox full")
+        /// No pooled connection became free within the acquire timeout.
+        public static let acquireTimedOut = Code("acquire timed out")
 
         public var description: String { self.name }
     }
