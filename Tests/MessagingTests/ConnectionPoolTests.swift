@@ -102,6 +102,10 @@ struct ConnectionPoolTests {
             #expect(pool.statistics.idle == 2)
             proxy.cutAll()
             await eventually("the server saw the cut") { server.activeSessionCount == 0 }
+            // The pool notices on its own: dead idle connections leave the idle list.
+            await eventually("the pool dropped its dead connections") {
+                pool.statistics.idle == 0 && pool.statistics.replaced == 2
+            }
             for round in 0..<4 {
                 let reply = try await pool.withConnection { client in
                     try await client.request(topic: "again", body: ByteBuffer(string: "\(round)"))

@@ -1,4 +1,5 @@
 import NIOCore
+import SMSGTestSupport
 import Testing
 
 @testable import Messaging

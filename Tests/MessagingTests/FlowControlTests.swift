@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Prometheus
+import SMSGTestSupport
 import Testing
 
 @testable import Messaging

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import SMSGTestSupport
 import SecureTransport
 import Testing
 
@@ -137,24 +138,6 @@ func connect(
         serverHostname: "localhost",
         configuration: configuration
     )
-}
-
-/// Polls `condition` until it holds or `timeout` passes.
-@discardableResult
-func eventually(
-    _ what: String,
-    timeout: Duration = .seconds(10),
-    sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () async -> Bool
-) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    if await condition() { return true }
-    Issue.record("timed out waiting for \(what)", sourceLocation: sourceLocation)
-    return false
 }
 
 /// What a raw peer received: every frame, and whether the connection closed.

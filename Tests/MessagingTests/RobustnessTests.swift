@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import SMSGTestSupport
 import SecureTransport
 import Testing
 

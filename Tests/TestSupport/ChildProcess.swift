@@ -103,6 +103,7 @@ public func runProcess(_ executable: String, _ arguments: [String]) throws -> St
     process.arguments = [executable] + arguments
     let output = Pipe()
     process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
     try process.run()
     let data = output.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()

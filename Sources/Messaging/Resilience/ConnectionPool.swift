@@ -125,7 +125,9 @@ public final class ConnectionPool: Sendable {
             for _ in 0..<missing {
                 group.addTask {
                     do {
-                        return try await self.connect()
+                        let client = try await self.connect()
+                        self.monitor(client)
+                        return client
                     } catch {
                         self.state.withLockedValue { $0.connecting -= 1 }
                         throw error
@@ -243,10 +245,30 @@ public final class ConnectionPool: Sendable {
         }
     }
 
+    /// Watches a connection: if it dies while idle, it leaves the idle list at once (and
+    /// counts as replaced), so the next acquire does not find it.
+    private func monitor(_ client: SecureClient) {
+        Task { [weak self] in
+            await client.session.waitUntilClosed()
+            guard let self else { return }
+            let removed = self.state.withLockedValue { state -> Bool in
+                guard let index = state.idle.firstIndex(where: { $0 === client }) else { return false }
+                state.idle.remove(at: index)
+                state.replaced += 1
+                return true
+            }
+            if removed {
+                self.gaugeIdle.decrement()
+                self.replacedCounter.increment()
+            }
+        }
+    }
+
     /// Opens a connection in a slot already counted in `connecting`.
     private func openNew() async throws -> SecureClient {
         do {
             let client = try await self.connect()
+            self.monitor(client)
             self.state.withLockedValue { state in
                 state.connecting -= 1
                 state.inUse += 1

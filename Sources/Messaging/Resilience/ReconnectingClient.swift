@@ -47,15 +47,17 @@ public final class ReconnectingClient: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let sleep: @Sendable (Duration) async throws -> Void
+    private let onConnected: (@Sendable (Session) -> Void)?
     private let state = NIOLockedValueBox(State())
     private let eventContinuation: AsyncStream<ConnectionEvent>.Continuation
-    private let messageContinuation: AsyncStream<Message>.Continuation
     private let runner = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Connection changes, in order.
     public let events: AsyncStream<ConnectionEvent>
-    /// Messages from the server, across reconnects.
-    public let messages: AsyncStream<Message>
+    /// Messages from the server, across reconnects, each with the session it came on (to
+    /// answer a REQUEST on). Taken straight from the current session's queue, so flow control
+    /// holds: a reader that stops reading makes the server slow down. One reader at a time.
+    public var messages: ReconnectingMessages { ReconnectingMessages(client: self) }
 
     /// DATA id → local number, for one session: ACKs of an old session never touch the
     /// messages of a newer one.
@@ -67,6 +69,7 @@ public final class ReconnectingClient: Sendable {
         var session: Session?
         var tracker = AckTracker()
         var waiters: [UInt64: CheckedContinuation<Session, any Error>] = [:]
+        var readers: [CheckedContinuation<Session?, Never>] = []
         var nextWaiter: UInt64 = 0
         var stopped = false
         var stopReason: MessagingError?
@@ -77,7 +80,10 @@ public final class ReconnectingClient: Sendable {
 
     /// Starts connecting (in the background) and returns at once; see ``events``.
     ///
-    /// - Parameter clock: the clock backoff delays are slept on (a test clock needs no real waiting).
+    /// - Parameters:
+    ///   - clock: the clock backoff delays are slept on (a test clock needs no real waiting).
+    ///   - onConnected: called with each new session as soon as it is open, before anything is
+    ///     sent on it.
     public init(
         host: String,
         port: Int,
@@ -88,8 +94,10 @@ public final class ReconnectingClient: Sendable {
         disconnectedSends: DisconnectedSendPolicy = .wait(capacity: 1024),
         clock: some Clock<Duration> = ContinuousClock(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        onConnected: (@Sendable (Session) -> Void)? = nil
     ) {
+        self.onConnected = onConnected
         self.host = host
         self.port = port
         self.transport = transport
@@ -101,7 +109,6 @@ public final class ReconnectingClient: Sendable {
         self.logger = logger
         self.sleep = { try await clock.sleep(for: $0) }
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        (self.messages, self.messageContinuation) = AsyncStream.makeStream()
         let task = Task { await self.run() }
         self.runner.withLockedValue { $0 = task }
     }
@@ -157,6 +164,7 @@ public final class ReconnectingClient: Sendable {
         for waiter in waiters {
             waiter.resume(throwing: MessagingError(.shuttingDown, "the client is closed"))
         }
+        self.wakeReaders(with: nil)
         let task = self.runner.withLockedValue { $0 }
         task?.cancel()
         await session?.close()
@@ -259,7 +267,33 @@ public final class ReconnectingClient: Sendable {
             }
         }
         self.eventContinuation.finish()
-        self.messageContinuation.finish()
+        self.wakeReaders(with: nil)
+    }
+
+    /// The open session to read from next: not `previous`, which ended. Waits for a
+    /// connection; `nil` once the client has stopped.
+    func nextSessionForReading(after previous: Session?) async -> Session? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Session?, Never>) in
+            let now: Session?? = self.state.withLockedValue { state in
+                if let session = state.session, session !== previous { return .some(session) }
+                if state.stopped { return .some(nil) }
+                state.readers.append(continuation)
+                return nil
+            }
+            if let now {
+                continuation.resume(returning: now)
+            }
+        }
+    }
+
+    private func wakeReaders(with session: Session?) {
+        let readers = self.state.withLockedValue { state in
+            defer { state.readers.removeAll() }
+            return state.readers
+        }
+        for reader in readers {
+            reader.resume(returning: session)
+        }
     }
 
     /// Runs one session until it ends; returns why it ended (`nil`: we closed it).
@@ -286,6 +320,7 @@ public final class ReconnectingClient: Sendable {
             await session.close()
             return nil
         }
+        self.onConnected?(session)
         self.eventContinuation.yield(.connected(sessionID: session.sessionID))
         // Unacknowledged messages from earlier connections go first, then waiting sends resume.
         let resend = Task {
@@ -300,15 +335,9 @@ public final class ReconnectingClient: Sendable {
         for waiter in waiters {
             waiter.resume(returning: session)
         }
-        var failure: MessagingError?
-        do {
-            for try await message in session.messages {
-                self.messageContinuation.yield(message)
-            }
-        } catch {
-            failure = error as? MessagingError ?? MessagingError(.connectionClosed, "\(error)")
-        }
+        self.wakeReaders(with: session)
         await session.waitUntilClosed()
+        let failure = session.closeReason
         resend.cancel()
         let stoppedNow = self.state.withLockedValue { state in
             state.session = nil
@@ -331,6 +360,47 @@ public final class ReconnectingClient: Sendable {
         }
         self.eventContinuation.yield(.gaveUp(last))
         self.eventContinuation.finish()
-        self.messageContinuation.finish()
+        self.wakeReaders(with: nil)
+    }
+}
+
+/// A message from a ``ReconnectingClient``'s server and the session it came on.
+public struct SessionMessage: Sendable {
+    public var message: Message
+    /// The session to answer on (``Session/respond(to:topic:body:)``).
+    public var session: Session
+}
+
+/// The messages of a ``ReconnectingClient``, across reconnects, pulled from each session's
+/// bounded queue in turn. Ends when the client is closed or gives up.
+public struct ReconnectingMessages: AsyncSequence, Sendable {
+    public typealias Element = SessionMessage
+    public typealias Failure = Never
+
+    let client: ReconnectingClient
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(client: self.client)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let client: ReconnectingClient
+        var session: Session?
+        var messages: InboundMessages.AsyncIterator?
+
+        public mutating func next() async -> SessionMessage? {
+            while true {
+                if self.messages == nil {
+                    guard let next = await self.client.nextSessionForReading(after: self.session) else { return nil }
+                    self.session = next
+                    self.messages = next.messages.makeAsyncIterator()
+                }
+                if let session = self.session, let message = try? await self.messages?.next() {
+                    return SessionMessage(message: message, session: session)
+                }
+                // That session ended (cleanly or not): move on to the next one.
+                self.messages = nil
+            }
+        }
     }
 }

@@ -130,14 +130,14 @@ public final class SecureMessagingServer: Service, Sendable {
         channel?.close(promise: nil)
     }
 
-    /// Sends a message to every open session without waiting on any of them, and without
-    /// queueing for a session that cannot take it now (over its write-buffer watermark, or it
-    /// said SLOW_DOWN): such a session misses the message, and one that stays blocked is
-    /// closed as a slow consumer. Returns the number of sessions that took it.
+    /// Sends a message to every open session without waiting on any of them. A session that
+    /// cannot take it now holds it within its bound; one that would need more is closed as a
+    /// slow consumer (ERROR OVERLOADED). One slow session never holds the others back. Returns
+    /// the number of sessions that took the message.
     @discardableResult
     public func broadcast(topic: String, body: ByteBuffer) -> Int {
         var taken = 0
-        for session in self.registry.open where session.trySend(topic: topic, body: body) {
+        for session in self.registry.open where session.offer(topic: topic, body: body) {
             taken += 1
         }
         return taken

@@ -59,6 +59,9 @@ public final class Session: Sendable {
     let inbound: InboundQueue
     /// Kept up to date by the handler, read by `trySend` from any thread.
     let sendBlocked = Atomic<Bool>(false)
+    /// When the last frame arrived, in `NIODeadline` uptime nanoseconds.
+    let lastSeen = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
+    private let peerStatusListener = NIOLockedValueBox<(@Sendable (ByteBuffer) -> Void)?>(nil)
     private let ackListener = NIOLockedValueBox<(@Sendable (UInt64) -> Void)?>(nil)
     private let state: NIOLockedValueBox<State>
     private let handler: NIOLoopBoundBox<SessionHandler?>
@@ -76,6 +79,8 @@ public final class Session: Sendable {
         var acksReceived = 0
         var slowDownsReceived = 0
         var pingStatus: ByteBuffer = ByteBuffer()
+        var peerStatus: ByteBuffer?
+        var closeReason: MessagingError?
     }
 
     init(channel: any Channel, sessionID: String?, configuration: SessionConfiguration) {
@@ -167,6 +172,26 @@ public final class Session: Sendable {
         return true
     }
 
+    /// Sends a message for a broadcast: never waits; while the peer cannot take it, the
+    /// message is held within the session's bound (its write-buffer high watermark), and a
+    /// session that would need more is closed as a slow consumer with ERROR OVERLOADED.
+    /// Returns false only when the session is not open or the message can never be sent
+    /// (topic over 255 bytes, payload over the peer's max_frame).
+    @discardableResult
+    public func offer(topic: String, body: ByteBuffer) -> Bool {
+        guard self.currentState == .open else { return false }
+        let peerMaxFrame = min(self.peer?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
+        let topicBytes = topic.utf8.count
+        guard topicBytes <= Message.maximumTopicBytes, 1 + topicBytes + body.readableBytes <= peerMaxFrame else {
+            return false
+        }
+        self.onLoop { handler in handler?.offer(topic: topic, body: body) }
+        return true
+    }
+
+    /// Why the connection ended: `nil` while open, or after a clean end (GOODBYE, or our close).
+    public var closeReason: MessagingError? { self.state.withLockedValue { $0.closeReason } }
+
     /// Sends a REQUEST and waits for its RESPONSE.
     ///
     /// - Throws: ``MessagingError`` with ``MessagingError/Code/requestTimedOut`` when no
@@ -224,6 +249,25 @@ public final class Session: Sendable {
         self.state.withLockedValue { $0.pingStatus = status }
     }
 
+    /// Sends a PING carrying the current status blob now (e.g. after a status change), outside
+    /// the heartbeat schedule.
+    public func ping() {
+        self.onLoop { handler in handler?.pingNow() }
+    }
+
+    /// When the last frame from the peer arrived.
+    public var lastReceived: NIODeadline {
+        .uptimeNanoseconds(self.lastSeen.load(ordering: .relaxed))
+    }
+
+    /// The status blob of the peer's latest PING that carried one.
+    public var peerStatus: ByteBuffer? { self.state.withLockedValue { $0.peerStatus } }
+
+    /// Called with each status blob the peer's PINGs carry (on the event loop).
+    public func onPeerStatus(_ listener: @escaping @Sendable (ByteBuffer) -> Void) {
+        self.peerStatusListener.withLockedValue { $0 = listener }
+    }
+
     /// Waits until the HELLO exchange is done.
     ///
     /// - Throws: the reason the session never opened.
@@ -266,7 +310,12 @@ public final class Session: Sendable {
     }
 
     func connectionEnded(failure: MessagingError?) {
-        self.state.withLockedValue { $0.lifecycle = .closed }
+        self.state.withLockedValue {
+            if $0.lifecycle != .closed {
+                $0.closeReason = failure
+            }
+            $0.lifecycle = .closed
+        }
         self.inbound.finish(error: failure)
         self.openPromise.fail(failure ?? MessagingError(.connectionClosed, "the connection closed before HELLO"))
     }
@@ -295,6 +344,11 @@ public final class Session: Sendable {
                 $0.slowDownsReceived += 1
             }
         }
+    }
+
+    func recordPeerStatus(_ status: ByteBuffer) {
+        self.state.withLockedValue { $0.peerStatus = status }
+        self.peerStatusListener.withLockedValue { $0 }?(status)
     }
 
     func pingStatus() -> ByteBuffer {

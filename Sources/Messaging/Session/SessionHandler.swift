@@ -54,6 +54,8 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     private var parkedSends = CircularBuffer<ParkedSend>()
+    /// Payload bytes of parked broadcast messages (bounded by the write-buffer high watermark).
+    private var parkedOfferBytes = 0
     /// The peer sent FLOW SLOW_DOWN and no RESUME since.
     private var peerSaidSlowDown = false
     private var slowConsumerTimer: Scheduled<Void>?
@@ -141,6 +143,7 @@ final class SessionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = Self.unwrapInboundIn(data)
         self.lastReceived = .now()
+        self.session.lastSeen.store(self.lastReceived.uptimeNanoseconds, ordering: .relaxed)
         if let metrics = self.metrics {
             metrics.framesReceived.increment()
             metrics.bytesReceived.increment(by: Frame.headerSize + frame.length)
@@ -159,6 +162,9 @@ final class SessionHandler: ChannelDuplexHandler {
                 pending.promise.succeed(message)
             }
         case .sendPong(let id):
+            if frame.payload.readableBytes > 0 {
+                self.session.recordPeerStatus(frame.payload)
+            }
             self.write(context: context, Frame(type: .pong, id: id), flush: true)
         case .pong(let id):
             self.session.recordPong(id: id)
@@ -397,6 +403,28 @@ final class SessionHandler: ChannelDuplexHandler {
         self.lastSent = .now()
     }
 
+    /// A broadcast's send: written now if possible, else parked within the session's bound;
+    /// a session whose parked messages would pass the bound is a slow consumer and is closed
+    /// with OVERLOADED. Nothing is dropped silently.
+    func offer(topic: String, body: ByteBuffer) {
+        guard let context = self.context, self.machine.isOpen else { return }
+        guard self.isSendBlocked(context: context) else {
+            _ = self.writeData(context: context, topic: topic, body: body, flags: [], promise: nil, onID: nil)
+            return
+        }
+        let size = 1 + topic.utf8.count + body.readableBytes
+        if self.parkedOfferBytes + size > self.configuration.flowControl.writeBufferHighWatermark {
+            self.metrics?.slowConsumers.increment()
+            self.logger.info("closing a slow consumer: its broadcast backlog passed the bound")
+            self.sendErrorAndClose(context: context, ProtocolViolation(.overloaded, "slow consumer"))
+            return
+        }
+        self.metrics?.backpressureEvents.increment()
+        self.parkedOfferBytes += size
+        self.parkedSends.append(.data(topic: topic, body: body, flags: [], promise: nil, onID: nil))
+        self.session.sendBlocked.store(true, ordering: .relaxed)
+    }
+
     func sendData(
         topic: String,
         body: ByteBuffer,
@@ -564,6 +592,9 @@ final class SessionHandler: ChannelDuplexHandler {
         while !self.parkedSends.isEmpty, !self.peerSaidSlowDown, context.channel.isWritable, self.machine.isOpen {
             switch self.parkedSends.removeFirst() {
             case .data(let topic, let body, let flags, let promise, let onID):
+                if promise == nil, onID == nil {
+                    self.parkedOfferBytes = max(0, self.parkedOfferBytes - (1 + topic.utf8.count + body.readableBytes))
+                }
                 _ = self.writeData(
                     context: context,
                     topic: topic,
@@ -680,6 +711,14 @@ final class SessionHandler: ChannelDuplexHandler {
                 context.close(promise: nil)
             }
         }
+    }
+
+    /// Sends a PING (with the session's status blob) now, outside the heartbeat schedule.
+    func pingNow() {
+        guard let context = self.context, self.machine.isOpen else { return }
+        let id = self.machine.nextPingID()
+        self.session.recordPingSent(id: id)
+        self.write(context: context, Frame(type: .ping, id: id, payload: self.session.pingStatus()), flush: true)
     }
 
     /// Sends ERROR with `code` and closes (application-initiated, e.g. OVERLOADED, UNAUTHORIZED).

@@ -1,0 +1,133 @@
+public import Logging
+public import Messaging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
+
+/// Settings of a ``Collaborator``.
+public struct CollaboratorConfiguration: Sendable, Hashable {
+    /// The node_id; with client certificates it must be the certificate's identity.
+    public var nodeID: String
+    public var role: String = "collaborator"
+    /// The application status announced in HELLO and carried by every PING.
+    public var status: String?
+    /// More HELLO metadata.
+    public var metadata: [String: String] = [:]
+    public var session = SessionConfiguration()
+    public var reconnect = ReconnectPolicy()
+
+    public init(nodeID: String, status: String? = nil) {
+        self.nodeID = nodeID
+        self.status = status
+    }
+}
+
+/// A collaborator: connects to its leader and stays connected (reconnecting with backoff),
+/// registers with its status, keeps the leader informed of status changes through its
+/// heartbeats, runs handlers by topic, and leaves gracefully (GOODBYE) when shut down.
+public final class Collaborator: Service, Sendable {
+    public let configuration: CollaboratorConfiguration
+    private let client: ReconnectingClient
+    private let handlers = NIOLockedValueBox(TopicHandlers())
+    private let status: NIOLockedValueBox<String?>
+
+    /// Connection changes (connected, disconnected, reconnecting, gave up).
+    public var events: AsyncStream<ConnectionEvent> { self.client.events }
+
+    /// Starts connecting to the leader at once; ``run()`` handles what the leader sends.
+    public init(
+        leaderHost: String,
+        leaderPort: Int,
+        transport: any MessagingTransport,
+        serverHostname: String? = nil,
+        configuration: CollaboratorConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.configuration = configuration
+        let status = NIOLockedValueBox(configuration.status)
+        self.status = status
+        var client = ClientConfiguration(nodeID: configuration.nodeID)
+        client.role = configuration.role
+        client.metadata = configuration.metadata
+        if let initial = configuration.status {
+            client.metadata["status"] = initial
+        }
+        client.session = configuration.session
+        self.client = ReconnectingClient(
+            host: leaderHost,
+            port: leaderPort,
+            transport: transport,
+            serverHostname: serverHostname,
+            configuration: client,
+            policy: configuration.reconnect,
+            group: group,
+            logger: logger
+        ) { session in
+            // Every connection starts by telling the leader the current status.
+            if let current = status.withLockedValue({ $0 }) {
+                session.setPingStatus(ByteBuffer(string: current))
+                session.ping()
+            }
+        }
+    }
+
+    /// The session with the leader now, if connected.
+    public var session: Session? { self.client.currentSession }
+
+    /// Runs `handler` for every DATA (not REQUEST) on `topic` from the leader.
+    public func on(topic: String, _ handler: @escaping @Sendable (Message, Session) async throws -> Void) {
+        self.handlers.withLockedValue { $0.messages[topic] = handler }
+    }
+
+    /// Answers every REQUEST on `topic` from the leader with what `handler` returns.
+    public func onRequest(
+        topic: String,
+        _ handler: @escaping @Sendable (Message, Session) async throws -> ByteBuffer
+    ) {
+        self.handlers.withLockedValue { $0.requests[topic] = handler }
+    }
+
+    /// Changes the status: the leader hears of it at once (an extra PING), and every later
+    /// PING carries it.
+    public func setStatus(_ status: String) {
+        precondition(status.utf8.count <= Frame.maximumPingPayload, "a status is at most 65,536 bytes")
+        self.status.withLockedValue { $0 = status }
+        if let session = self.client.currentSession {
+            session.setPingStatus(ByteBuffer(string: status))
+            session.ping()
+        }
+    }
+
+    /// Sends DATA to the leader (waiting for a connection if needed).
+    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
+        try await self.client.send(topic: topic, body: body, ackRequested: ackRequested)
+    }
+
+    /// Sends a REQUEST to the leader and waits for the RESPONSE.
+    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
+        try await self.client.request(topic: topic, body: body, timeout: timeout)
+    }
+
+    /// Handles the leader's messages until shut down; then leaves gracefully (GOODBYE).
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            for await received in self.client.messages {
+                do {
+                    try await self.handlers.withLockedValue { $0 }.dispatch(received.message, on: received.session)
+                } catch {
+                    // A handler's failure, or a lost connection while answering: keep serving.
+                    continue
+                }
+            }
+        } onGracefulShutdown: {
+            Task { await self.client.close() }
+        }
+    }
+
+    /// Leaves the group gracefully: GOODBYE, then the connection closes and ``run()`` returns.
+    public func leave() async {
+        await self.client.close()
+    }
+}

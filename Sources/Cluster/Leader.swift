@@ -1,0 +1,275 @@
+public import Logging
+public import Messaging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+import SecureTransport
+public import ServiceLifecycle
+
+/// Settings of a ``Leader``.
+public struct LeaderConfiguration: Sendable, Hashable {
+    /// The server under the leader. By default the leader's node_id is "leader" and, with client
+    /// certificates, a collaborator's node_id must be its certificate identity.
+    public var server: ServerConfiguration
+    /// When set, only these node_ids may join; others get ERROR UNAUTHORIZED.
+    public var allowList: Set<String>?
+    /// How long a gone collaborator's record is kept before it is removed.
+    public var goneRetention: Duration = .seconds(60)
+
+    public init(host: String = "127.0.0.1", port: Int = 0) {
+        self.server = ServerConfiguration(host: host, port: port)
+        self.server.nodeID = "leader"
+        self.server.role = "leader"
+        self.server.requireCertificateIdentity = true
+    }
+}
+
+/// The leader of a group of collaborators: it accepts them (over mutual TLS, normally), keeps
+/// a record of each — identity, address, status, round trip, and state active → suspect →
+/// gone — reports membership changes on ``events``, runs handlers by topic, and reaches one
+/// collaborator or all of them.
+///
+/// One collaborator per node_id: a second connection with a node_id already connected
+/// replaces the first (which gets ERROR GOING_AWAY). A broadcast never waits on one slow or
+/// failing collaborator.
+public final class Leader: Service, Sendable {
+    public let configuration: LeaderConfiguration
+    /// Membership changes, in order.
+    public let events: AsyncStream<MembershipEvent>
+
+    private let server: SecureMessagingServer
+    private let state = NIOLockedValueBox(State())
+    private let handlers = NIOLockedValueBox(TopicHandlers())
+    private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
+    private let logger: Logger
+
+    private struct State {
+        var records: [String: CollaboratorRecord] = [:]
+        var sessions: [String: Session] = [:]
+        var goneSince: [String: ContinuousClock.Instant] = [:]
+    }
+
+    public init(
+        configuration: LeaderConfiguration,
+        transport: any MessagingTransport,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        metrics: MessagingMetrics = MessagingMetrics()
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        // The handler refers to the leader, which is not built yet: route through a box.
+        let box = NIOLockedValueBox<Leader?>(nil)
+        self.server = SecureMessagingServer(
+            configuration: configuration.server,
+            transport: transport,
+            group: group,
+            logger: logger,
+            metrics: metrics
+        ) { session in
+            guard let leader = box.withLockedValue({ $0 }) else { return }
+            try await leader.serve(session)
+        }
+        box.withLockedValue { $0 = self }
+    }
+
+    // MARK: - Configuration of handlers
+
+    /// Runs `handler` for every DATA (not REQUEST) on `topic` from any collaborator.
+    public func on(topic: String, _ handler: @escaping @Sendable (Message, Session) async throws -> Void) {
+        self.handlers.withLockedValue { $0.messages[topic] = handler }
+    }
+
+    /// Answers every REQUEST on `topic` with what `handler` returns.
+    public func onRequest(
+        topic: String,
+        _ handler: @escaping @Sendable (Message, Session) async throws -> ByteBuffer
+    ) {
+        self.handlers.withLockedValue { $0.requests[topic] = handler }
+    }
+
+    // MARK: - Membership
+
+    /// Every collaborator the leader knows (including gone ones still kept), by node_id.
+    public var collaborators: [CollaboratorRecord] {
+        self.refresh()
+        return self.state.withLockedValue { $0.records.values.sorted { $0.nodeID < $1.nodeID } }
+    }
+
+    /// The record of one collaborator.
+    public func collaborator(_ nodeID: String) -> CollaboratorRecord? {
+        self.refresh()
+        return self.state.withLockedValue { $0.records[nodeID] }
+    }
+
+    /// The address the leader listens on, once it does.
+    public func listeningAddress() async throws -> SocketAddress {
+        try await self.server.listeningAddress()
+    }
+
+    // MARK: - Reaching collaborators
+
+    /// Sends a REQUEST to one collaborator and waits for its RESPONSE.
+    public func request(
+        to nodeID: String,
+        topic: String,
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
+        try await self.session(of: nodeID).request(topic: topic, body: body, timeout: timeout)
+    }
+
+    /// Sends DATA to one collaborator.
+    public func send(to nodeID: String, topic: String, body: ByteBuffer) async throws {
+        try await self.session(of: nodeID).send(topic: topic, body: body)
+    }
+
+    /// Sends DATA to every connected collaborator without waiting on any of them; returns how
+    /// many took it (see ``SecureMessagingServer/broadcast(topic:body:)``).
+    @discardableResult
+    public func broadcast(topic: String, body: ByteBuffer) -> Int {
+        self.server.broadcast(topic: topic, body: body)
+    }
+
+    private func session(of nodeID: String) throws -> Session {
+        guard let session = self.state.withLockedValue({ $0.sessions[nodeID] }) else {
+            throw MessagingError(.notConnected, "no collaborator \(nodeID) is connected")
+        }
+        return session
+    }
+
+    // MARK: - Service
+
+    /// Serves until shut down (``shutdown()`` or a `ServiceGroup` signal); keeps the records
+    /// up to date meanwhile (suspect, gone, removal).
+    public func run() async throws {
+        let interval = Self.sweepMilliseconds(self.configuration)
+        let sweeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(interval))
+                self.refresh()
+            }
+        }
+        defer {
+            sweeper.cancel()
+            self.eventContinuation.finish()
+        }
+        try await self.server.run()
+    }
+
+    /// Says GOODBYE to every collaborator (GOING_AWAY to those that do not answer within the
+    /// drain timeout) and makes ``run()`` return once they are all gone.
+    public func shutdown() {
+        self.server.shutdown()
+    }
+
+    private static func sweepMilliseconds(_ configuration: LeaderConfiguration) -> Int64 {
+        max(10, configuration.server.session.heartbeatInterval.nanoseconds / 4_000_000)
+    }
+
+    // MARK: - Per collaborator
+
+    private func serve(_ session: Session) async throws {
+        guard let hello = session.peer else { return }
+        let nodeID = hello.nodeID
+        if let allowed = self.configuration.allowList, !allowed.contains(nodeID) {
+            self.logger.notice("refused a node not on the allow-list", metadata: ["node_id": "\(nodeID)"])
+            session.fail(code: .unauthorized, reason: "node not allowed")
+            return
+        }
+        let now = ContinuousClock.now
+        let record = CollaboratorRecord(
+            nodeID: nodeID,
+            certificateIdentity: session.peerCertificate?.identity,
+            remoteAddress: session.remoteAddress.map { "\($0)" },
+            role: hello.role,
+            connectedSince: now,
+            lastSeen: now,
+            roundTrip: nil,
+            status: hello.metadata["status"],
+            metadata: hello.metadata,
+            state: .active,
+            sessionID: session.sessionID
+        )
+        let replaced: Session? = self.state.withLockedValue { state in
+            let old = state.sessions[nodeID]
+            state.sessions[nodeID] = session
+            state.records[nodeID] = record
+            state.goneSince[nodeID] = nil
+            return old
+        }
+        if let replaced {
+            replaced.fail(code: .goingAway, reason: "replaced by a newer connection")
+            self.eventContinuation.yield(.left(nodeID: nodeID, reason: .replaced))
+        }
+        self.eventContinuation.yield(.joined(record))
+        session.onPeerStatus { [weak self] blob in
+            self?.statusReceived(nodeID: nodeID, session: session, status: String(buffer: blob))
+        }
+
+        var reason = LeaveReason.graceful
+        do {
+            for try await message in session.messages {
+                try await self.handlers.withLockedValue { $0 }.dispatch(message, on: session)
+            }
+        } catch let error as MessagingError {
+            reason = error.errorCode == .timeout ? .timeout : .connectionLost(error.reason)
+        }
+        await session.waitUntilClosed()
+        let stillCurrent = self.state.withLockedValue { state -> Bool in
+            guard state.sessions[nodeID] === session else { return false }
+            state.sessions[nodeID] = nil
+            state.records[nodeID]?.state = .gone
+            state.goneSince[nodeID] = ContinuousClock.now
+            return true
+        }
+        if stillCurrent {
+            self.eventContinuation.yield(.left(nodeID: nodeID, reason: reason))
+        }
+    }
+
+    private func statusReceived(nodeID: String, session: Session, status: String) {
+        let changed = self.state.withLockedValue { state -> Bool in
+            guard state.sessions[nodeID] === session, state.records[nodeID]?.status != status else { return false }
+            state.records[nodeID]?.status = status
+            return true
+        }
+        if changed {
+            self.eventContinuation.yield(.statusChanged(nodeID: nodeID, status: status))
+        }
+    }
+
+    /// Brings the records up to date: last seen, round trip, active ↔ suspect, and removal of
+    /// gone records past their retention.
+    private func refresh() {
+        let now = ContinuousClock.now
+        let nowDeadline = NIODeadline.now()
+        var events: [MembershipEvent] = []
+        self.state.withLockedValue { state in
+            for (nodeID, session) in state.sessions {
+                guard var record = state.records[nodeID] else { continue }
+                let silence = nowDeadline - session.lastReceived
+                record.lastSeen = now - .nanoseconds(silence.nanoseconds)
+                record.roundTrip = session.lastRoundTrip.map { .nanoseconds($0.nanoseconds) }
+                let interval = Int64(session.peer?.heartbeatMilliseconds ?? 5000) * 1_000_000
+                let overdue = silence.nanoseconds > 2 * interval
+                if overdue, record.state == .active {
+                    record.state = .suspect
+                    events.append(.suspect(nodeID: nodeID))
+                } else if !overdue, record.state == .suspect {
+                    record.state = .active
+                    events.append(.active(nodeID: nodeID))
+                }
+                state.records[nodeID] = record
+            }
+            for (nodeID, since) in state.goneSince where now - since >= self.configuration.goneRetention {
+                state.goneSince[nodeID] = nil
+                state.records[nodeID] = nil
+            }
+        }
+        for event in events {
+            self.eventContinuation.yield(event)
+        }
+    }
+}

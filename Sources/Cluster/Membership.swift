@@ -1,0 +1,76 @@
+import Messaging
+import NIOCore
+
+/// Where a collaborator stands, as the leader sees it.
+public enum CollaboratorState: String, Sendable, Hashable {
+    /// Connected, heard from within its heartbeat interval.
+    case active
+    /// Connected, but one heartbeat interval overdue.
+    case suspect
+    /// Disconnected; the record is kept for a while, then removed.
+    case gone
+}
+
+/// Why a collaborator left.
+public enum LeaveReason: Sendable, Hashable {
+    /// It said GOODBYE.
+    case graceful
+    /// Silence past the heartbeat timeout.
+    case timeout
+    /// The connection ended without GOODBYE (or with an ERROR).
+    case connectionLost(String)
+    /// A new connection with the same node_id took its place.
+    case replaced
+    /// Refused after HELLO (not on the allow-list).
+    case unauthorized
+}
+
+/// What the leader knows of one collaborator.
+public struct CollaboratorRecord: Sendable, Hashable {
+    public var nodeID: String
+    /// The identity in its client certificate (first SAN DNS name, else CN), if it sent one.
+    public var certificateIdentity: String?
+    public var remoteAddress: String?
+    /// The role from its HELLO.
+    public var role: String
+    public var connectedSince: ContinuousClock.Instant
+    public var lastSeen: ContinuousClock.Instant
+    /// The latest PING/PONG round trip.
+    public var roundTrip: Duration?
+    /// Its application status: HELLO metadata "status" at first, then each PING's status blob.
+    public var status: String?
+    /// Its HELLO metadata.
+    public var metadata: [String: String]
+    public var state: CollaboratorState
+    /// The session id of its current (or last) connection.
+    public var sessionID: String?
+}
+
+/// A change in membership.
+public enum MembershipEvent: Sendable, Hashable {
+    case joined(CollaboratorRecord)
+    case statusChanged(nodeID: String, status: String?)
+    case suspect(nodeID: String)
+    case active(nodeID: String)
+    case left(nodeID: String, reason: LeaveReason)
+}
+
+/// Handlers by topic, shared by ``Leader`` and ``Collaborator``.
+struct TopicHandlers: Sendable {
+    typealias MessageHandler = @Sendable (Message, Session) async throws -> Void
+    typealias RequestHandler = @Sendable (Message, Session) async throws -> ByteBuffer
+
+    var messages: [String: MessageHandler] = [:]
+    var requests: [String: RequestHandler] = [:]
+
+    /// Runs the handler for `message`: a REQUEST gets the request handler's answer (or an empty
+    /// RESPONSE when there is none, so the requester is not left waiting).
+    func dispatch(_ message: Message, on session: Session) async throws {
+        if message.isRequest {
+            let body = try await self.requests[message.topic]?(message, session) ?? ByteBuffer()
+            try await session.respond(to: message, body: body)
+        } else if let handler = self.messages[message.topic] {
+            try await handler(message, session)
+        }
+    }
+}

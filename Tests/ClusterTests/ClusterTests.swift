@@ -1,0 +1,226 @@
+import Cluster
+import Messaging
+import NIOConcurrencyHelpers
+import NIOCore
+import SMSGTestSupport
+import Testing
+
+@Suite("Leader and collaborators")
+struct ClusterTests {
+    @Test("a silent collaborator becomes suspect, then gone; a graceful one leaves at once")
+    func suspectThenGone() async throws {
+        try await withLeader { leader, port, log in
+            let proxy = try await FaultProxy.start(targetPort: port)
+            let (silent, silentRun) = try startCollaborator("collab-1", port: proxy.port)
+            let (graceful, gracefulRun) = try startCollaborator("collab-2", port: port)
+            await eventually("both joined") { leader.collaborators.filter { $0.state == .active }.count == 2 }
+
+            proxy.setPaused(true)
+            await eventually("suspect") { leader.collaborator("collab-1")?.state == .suspect }
+            await eventually("gone") { leader.collaborator("collab-1")?.state == .gone }
+            await eventually("suspect and timeout reported") {
+                log.all.contains(.suspect(nodeID: "collab-1")) && log.left("collab-1") == .timeout
+            }
+
+            let leaving = ContinuousClock.now
+            await graceful.leave()
+            try await gracefulRun.value
+            await eventually("left") { log.left("collab-2") == .graceful }
+            // At once: well before any heartbeat timeout could have noticed.
+            #expect(ContinuousClock.now - leaving < .seconds(5))
+            #expect(leader.collaborator("collab-2")?.state == .gone)
+
+            await silent.leave()
+            try await silentRun.value
+            await proxy.close()
+        }
+    }
+
+    @Test("impersonation is refused: another's certificate, or none")
+    func impersonation() async throws {
+        try await withLeader { leader, port, _ in
+            // collab-2's certificate claiming to be collab-1.
+            do {
+                _ = try await SecureClient.connect(
+                    host: "127.0.0.1",
+                    port: port,
+                    transport: try ClusterCertificates.collaboratorTransport("collab-2"),
+                    serverHostname: "localhost",
+                    configuration: ClientConfiguration(nodeID: "collab-1")
+                )
+                Issue.record("impersonation accepted")
+            } catch let error as MessagingError {
+                #expect(error.errorCode == .unauthorized)
+            }
+            // No certificate at all: refused by TLS.
+            do {
+                _ = try await SecureClient.connect(
+                    host: "127.0.0.1",
+                    port: port,
+                    transport: try ClusterCertificates.collaboratorTransport(nil),
+                    serverHostname: "localhost",
+                    configuration: ClientConfiguration(nodeID: "collab-1")
+                )
+                Issue.record("a client without a certificate was accepted")
+            } catch let error as MessagingError {
+                #expect(error.code == .connectFailed)
+                #expect(error.errorCode == nil, "refused at TLS, before any smsg ERROR")
+            }
+            #expect(leader.collaborators.isEmpty)
+        }
+    }
+
+    @Test("a duplicate node_id: the new connection wins, one record")
+    func duplicate() async throws {
+        try await withLeader { leader, port, log in
+            let (first, firstRun) = try startCollaborator("collab-1", port: port, status: "first")
+            await eventually("first joined") { leader.collaborator("collab-1")?.status == "first" }
+            let firstSession = leader.collaborator("collab-1")?.sessionID
+            let second = try await SecureClient.connect(
+                host: "127.0.0.1",
+                port: port,
+                transport: try ClusterCertificates.collaboratorTransport("collab-1"),
+                serverHostname: "localhost",
+                configuration: {
+                    var configuration = ClientConfiguration(nodeID: "collab-1")
+                    configuration.metadata["status"] = "second"
+                    return configuration
+                }()
+            )
+            await eventually("the second replaced the first") {
+                leader.collaborator("collab-1")?.sessionID == second.session.sessionID
+            }
+            #expect(leader.collaborators.count == 1)
+            #expect(leader.collaborator("collab-1")?.sessionID != firstSession)
+            await eventually("the first was reported replaced") {
+                log.all.contains(.left(nodeID: "collab-1", reason: .replaced))
+            }
+            await first.leave()
+            try await firstRun.value
+            await second.close()
+        }
+    }
+
+    @Test("a leader restart: every collaborator rejoins by itself")
+    func leaderRestart() async throws {
+        var configuration = LeaderConfiguration()
+        configuration.server.session.heartbeatInterval = .milliseconds(200)
+        configuration.server.session.drainTimeout = .milliseconds(300)
+        let first = Leader(
+            configuration: configuration,
+            transport: try ClusterCertificates.leaderTransport(),
+            logger: quiet
+        )
+        let firstRun = Task { try await first.run() }
+        let port = try await first.listeningAddress().port!
+        let names = (1...5).map { "collab-\($0)" }
+        var collaborators: [(Collaborator, Task<Void, any Error>)] = []
+        for name in names {
+            collaborators.append(try startCollaborator(name, port: port))
+        }
+        await eventually("joined") { first.collaborators.count == 5 }
+
+        first.shutdown()
+        try await firstRun.value
+        configuration.server.port = port
+        let leader = Leader(
+            configuration: configuration,
+            transport: try ClusterCertificates.leaderTransport(),
+            logger: quiet
+        )
+        let running = Task { try await leader.run() }
+        _ = try await leader.listeningAddress()
+        // The policy's maximum delay is 300 ms: everyone is back well within a few seconds.
+        await eventually("rejoined", timeout: .seconds(5)) {
+            leader.collaborators.filter { $0.state == .active }.count == 5
+        }
+        for (collaborator, task) in collaborators {
+            await collaborator.leave()
+            try await task.value
+        }
+        leader.shutdown()
+        try await running.value
+    }
+}
+
+/// Heavy: run apart from timing-sensitive tests (scripts/test.sh runs `LoadTests` suites last).
+@Suite("Leader and collaborators (load)")
+struct ClusterLoadTests {
+    @Test("50 collaborators join over mutual TLS; a status change arrives within one heartbeat interval")
+    func fiftyJoin() async throws {
+        let names = (1...50).map { "collab-\($0)" }
+        for name in names {
+            _ = try ClusterCertificates.client(name)
+        }
+        try await withLeader { leader, port, log in
+            var collaborators: [(Collaborator, Task<Void, any Error>)] = []
+            for name in names {
+                collaborators.append(try startCollaborator(name, port: port, status: "ready"))
+            }
+            await eventually("50 collaborators", timeout: .seconds(30)) {
+                leader.collaborators.filter { $0.state == .active }.count == 50
+            }
+            let records = leader.collaborators
+            #expect(records.map(\.nodeID).sorted() == names.sorted())
+            #expect(records.allSatisfy { $0.status == "ready" && $0.certificateIdentity == $0.nodeID })
+
+            let (first, _) = collaborators[0]
+            let changed = ContinuousClock.now
+            first.setStatus("busy")
+            await eventually("the new status at the leader", timeout: .seconds(5)) {
+                leader.collaborator("collab-1")?.status == "busy"
+            }
+            #expect(ContinuousClock.now - changed < .milliseconds(200) + .seconds(1))
+            #expect(log.all.contains(.statusChanged(nodeID: "collab-1", status: "busy")))
+
+            for (collaborator, running) in collaborators {
+                await collaborator.leave()
+                try await running.value
+            }
+            await eventually("all left") { leader.collaborators.allSatisfy { $0.state == .gone } }
+        }
+    }
+
+    @Test("broadcast with one stalled collaborator: the rest receive everything")
+    func broadcastWithStalledCollaborator() async throws {
+        // Heartbeats of a second: this test floods two shared cores, and 200 ms ones would time
+        // out under it in a debug build.
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+            let counts = NIOLockedValueBox([String: Int]())
+            var collaborators: [(Collaborator, Task<Void, any Error>)] = []
+            for index in 1...5 {
+                let name = "collab-\(index)"
+                let (collaborator, running) = try startCollaborator(name, port: port, heartbeat: .seconds(1))
+                if index == 5 {
+                    // The stalled one: its handler never returns, so its queue fills up.
+                    collaborator.on(topic: "news") { _, _ in
+                        try await Task.sleep(for: .seconds(3600))
+                    }
+                } else {
+                    collaborator.on(topic: "news") { _, _ in
+                        counts.withLockedValue { $0[name, default: 0] += 1 }
+                    }
+                }
+                collaborators.append((collaborator, running))
+            }
+            await eventually("joined") { leader.collaborators.filter { $0.state == .active }.count == 5 }
+            let total = 3000
+            for index in 0..<total {
+                leader.broadcast(topic: "news", body: ByteBuffer(string: "\(index)"))
+                if index.isMultiple(of: 50) {
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+            }
+            await eventually("the four live collaborators got everything", timeout: .seconds(30)) {
+                counts.withLockedValue { counts in (1...4).allSatisfy { counts["collab-\($0)"] == total } }
+            }
+            for (collaborator, running) in collaborators.dropLast() {
+                await collaborator.leave()
+                try await running.value
+            }
+            let (stalled, stalledRun) = collaborators[4]
+            stalledRun.cancel()
+            await stalled.leave()
+        }
+    }
+}
