@@ -64,6 +64,7 @@ let package = Package(
             dependencies: [
                 "SecureTransport",
                 "Messaging",
+                "Cluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

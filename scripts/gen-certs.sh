@@ -30,6 +30,7 @@ FILES=(
   leader.pem leader.key
   collab-1.pem collab-1.key
   collab-2.pem collab-2.key
+  collab-3.pem collab-3.key
   other-ca.pem other-ca.key
   other.pem other.key
   expired.pem expired.key
@@ -39,7 +40,7 @@ FILES=(
   ca.crl.pem ca-empty.crl.pem
 )
 KEY_FILES=(
-  ca.key server.key server-rsa.key leader.key collab-1.key collab-2.key
+  ca.key server.key server-rsa.key leader.key collab-1.key collab-2.key collab-3.key
   other-ca.key other.key expired.key wronghost.key revoked.key encrypted.key
 )
 
@@ -198,6 +199,7 @@ EOF
   leaf_sections leader "DNS:leader, $LOCAL_SAN" "serverAuth, clientAuth" "$EC_KU"
   leaf_sections collab1 "DNS:collab-1" "clientAuth" "$EC_KU"
   leaf_sections collab2 "DNS:collab-2" "clientAuth" "$EC_KU"
+  leaf_sections collab3 "DNS:collab-3" "clientAuth" "$EC_KU"
   leaf_sections other "$LOCAL_SAN, DNS:collab-1" "serverAuth, clientAuth" "$EC_KU"
   leaf_sections expired "$LOCAL_SAN" "serverAuth, clientAuth" "$EC_KU"
   leaf_sections wronghost "DNS:wrong.example" "serverAuth" "$EC_KU"
@@ -256,6 +258,9 @@ sign_leaf collab-1 collab-1 collab1 ca
 gen_ec_key collab-2.key
 sign_leaf collab-2 collab-2 collab2 ca
 
+gen_ec_key collab-3.key
+sign_leaf collab-3 collab-3 collab3 ca
+
 gen_ec_key other.key
 sign_leaf other localhost other other-ca
 
@@ -300,7 +305,7 @@ check_fail() {
   exit 1
 }
 
-for c in server server-rsa leader collab-1 collab-2 wronghost revoked; do
+for c in server server-rsa leader collab-1 collab-2 collab-3 wronghost revoked; do
   openssl verify -CAfile out/ca.pem "out/$c.pem" >"$LOG" 2>&1 ||
     check_fail "$c.pem does not verify against ca.pem"
 done

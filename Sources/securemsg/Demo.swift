@@ -1,131 +1,159 @@
 import ArgumentParser
+import Cluster
+import Foundation
+import Logging
+import Messaging
 import NIOCore
-import NIOPosix
 import SecureTransport
 
-/// `securemsg demo`: a mutual-TLS echo over loopback with the certificates in `--certs`.
+/// `securemsg demo`: a leader and three collaborators over mutual TLS on 127.0.0.1.
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a mutual-TLS echo between a server and a client on 127.0.0.1."
+        abstract: "Run a leader and three collaborators over mutual TLS on 127.0.0.1, step by step.",
+        discussion: """
+            Makes the test certificates if they are missing (scripts/gen-certs.sh), then shows the \
+            collaborators joining, a status change, a broadcast, requests both ways, one collaborator's \
+            connection killed and the collaborator rejoining by itself, and a graceful shutdown.
+            """
     )
 
     @Option(help: "Directory with the certificates made by scripts/gen-certs.sh.")
     var certs: String = "certs"
 
     func run() async throws {
-        let serverConfig = TLSConfiguration.makeMutualTLSServerConfiguration(
-            certificateChain: .file("\(self.certs)/leader.pem"),
-            privateKey: .file("\(self.certs)/leader.key"),
-            trustRoots: .file("\(self.certs)/ca.pem")
-        )
-        let clientConfig = TLSConfiguration.makeClientConfiguration(
-            certificateChain: .file("\(self.certs)/collab-1.pem"),
-            privateKey: .file("\(self.certs)/collab-1.key"),
-            trustRoots: .file("\(self.certs)/ca.pem")
-        )
-        let serverContext = try TLSContext(configuration: serverConfig)
-        let clientContext = try TLSContext(configuration: clientConfig)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        try self.ensureCertificates()
+        let logger = Logger(label: "securemsg.demo", factory: { _ in SwiftLogNoOpLogHandler() })
+        let certs = self.certs
 
-        let server = try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        TLSHandler(context: serverContext),
-                        DemoEchoHandler()
-                    )
-                }
+        step("1. a leader on 127.0.0.1, mutual TLS, node_id bound to the client certificate")
+        var configuration = LeaderConfiguration(host: "127.0.0.1", port: 0)
+        configuration.server.session.heartbeatInterval = .milliseconds(500)
+        configuration.server.session.drainTimeout = .seconds(1)
+        let leader = Leader(
+            configuration: configuration,
+            transport: try TLSTransport(
+                configuration: .makeMutualTLSServerConfiguration(
+                    certificateChain: .file("\(certs)/leader.pem"),
+                    privateKey: .file("\(certs)/leader.key"),
+                    trustRoots: .file("\(certs)/ca.pem")
+                )
+            ),
+            logger: logger
+        )
+        leader.onRequest(topic: "time") { _, _ in ByteBuffer(string: "leader time \(Date())") }
+        let leading = Task { try await leader.run() }
+        let events = Task {
+            for await event in leader.events {
+                print("   leader: \(MembershipTable.line(for: event))")
             }
-            .bind(host: "127.0.0.1", port: 0)
-            .get()
-        let port = server.localAddress?.port ?? 0
-        print("server: listening on 127.0.0.1:\(port) (mutual TLS, certificate CN=leader)")
+        }
+        let port = try await leader.listeningAddress().port!
+        print("   leader: listening on 127.0.0.1:\(port)")
 
-        let replies = group.next().makePromise(of: String.self)
-        let client = try await ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        TLSHandler(context: clientContext, serverHostname: "localhost"),
-                        DemoClientHandler(message: "hello over mutual TLS", reply: replies)
+        step("2. three collaborators join")
+        let names = ["collab-1", "collab-2", "collab-3"]
+        var collaborators: [String: (Collaborator, Task<Void, any Error>)] = [:]
+        for name in names {
+            var settings = CollaboratorConfiguration(nodeID: name, status: "starting")
+            settings.session.heartbeatInterval = .milliseconds(500)
+            settings.reconnect = ReconnectPolicy(
+                initialDelay: .milliseconds(100),
+                multiplier: 2,
+                maximumDelay: .seconds(1)
+            )
+            let collaborator = Collaborator(
+                leaderHost: "127.0.0.1",
+                leaderPort: port,
+                transport: try TLSTransport(
+                    configuration: .makeClientConfiguration(
+                        certificateChain: .file("\(certs)/\(name).pem"),
+                        privateKey: .file("\(certs)/\(name).key"),
+                        trustRoots: .file("\(certs)/ca.pem")
                     )
-                }
+                ),
+                serverHostname: "localhost",
+                configuration: settings,
+                logger: logger
+            )
+            collaborator.on(topic: "news") { message, _ in
+                print("   \(name): received broadcast \"\(String(buffer: message.body))\"")
             }
-            .connect(host: "127.0.0.1", port: port)
-            .get()
-        let reply = try await replies.futureResult.get()
-        print("client: echo received: \(reply)")
-        try await client.close()
-        try await server.close()
-        try await group.shutdownGracefully()
+            collaborator.onRequest(topic: "sum") { message, _ in
+                let numbers = String(buffer: message.body).split(separator: " ").compactMap { Int($0) }
+                return ByteBuffer(string: "\(numbers.reduce(0, +))")
+            }
+            collaborators[name] = (collaborator, Task { try await collaborator.run() })
+        }
+        try await waitFor("all three joined") { leader.collaborators.filter { $0.state == .active }.count == 3 }
+        for (_, entry) in collaborators {
+            entry.0.setStatus("ready")
+        }
+        try await waitFor("statuses") { leader.collaborators.allSatisfy { $0.status == "ready" } }
+
+        step("3. collab-2 changes its status")
+        collaborators["collab-2"]!.0.setStatus("busy")
+        try await waitFor("the new status") { leader.collaborator("collab-2")?.status == "busy" }
+
+        step("4. the leader broadcasts")
+        let reached = leader.broadcast(topic: "news", body: ByteBuffer(string: "hello, collaborators"))
+        print("   leader: broadcast taken by \(reached) collaborators")
+        try await Task.sleep(for: .milliseconds(300))
+
+        step("5. requests both ways")
+        let sum = try await leader.request(to: "collab-1", topic: "sum", body: ByteBuffer(string: "2 3 37"))
+        print("   leader: collab-1 says 2 + 3 + 37 = \(String(buffer: sum.body))")
+        let time = try await collaborators["collab-3"]!.0.request(topic: "time", body: ByteBuffer())
+        print("   collab-3: the leader answered \"\(String(buffer: time.body))\"")
+
+        step("6. collab-3's connection is killed; it rejoins by itself")
+        let before = leader.collaborator("collab-3")?.sessionID
+        try await collaborators["collab-3"]!.0.session?.channel.close()
+        try await waitFor("collab-3 rejoined") {
+            let record = leader.collaborator("collab-3")
+            return record?.state == .active && record?.sessionID != before
+        }
+        print("   leader: \(leader.collaborators.filter { $0.state == .active }.count) collaborators active")
+
+        step("7. graceful shutdown")
+        for name in names {
+            let (collaborator, running) = collaborators[name]!
+            await collaborator.leave()
+            try await running.value
+        }
+        try await waitFor("everyone left") { leader.collaborators.allSatisfy { $0.state == .gone } }
+        leader.shutdown()
+        try await leading.value
+        events.cancel()
         print("demo: done")
     }
-}
 
-/// Echoes every plaintext byte and reports the client it served.
-final class DemoEchoHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSHandshakeCompleted {
-            let peer = event.info.peerCertificate?.identity ?? "anonymous"
-            print("server: handshake \(event.info.version) \(event.info.cipherSuite) with client \(peer)")
+    private func ensureCertificates() throws {
+        let required = ["ca.pem", "leader.pem", "leader.key", "collab-1.pem", "collab-2.pem", "collab-3.pem"]
+        if required.allSatisfy({ FileManager.default.fileExists(atPath: "\(self.certs)/\($0)") }) { return }
+        let script = "scripts/gen-certs.sh"
+        guard FileManager.default.fileExists(atPath: script) else {
+            throw ValidationError("no certificates in \(self.certs); run scripts/gen-certs.sh \(self.certs) first")
         }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        context.write(data, promise: nil)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        context.flush()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? TLSError, error.code == .truncatedConnection {
-            return
-        }
-        print("server: \(error)")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script, self.certs]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("scripts/gen-certs.sh failed") }
     }
 }
 
-/// Sends one message after the handshake and completes `reply` with what comes back.
-final class DemoClientHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+private func step(_ title: String) {
+    print("\n== \(title)")
+}
 
-    private let message: String
-    private let reply: EventLoopPromise<String>
-    private var received = ""
-
-    init(message: String, reply: EventLoopPromise<String>) {
-        self.message = message
-        self.reply = reply
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSHandshakeCompleted {
-            let server = event.info.peerCertificate?.identity ?? "?"
-            let alpn = event.info.applicationProtocol ?? "none"
-            print("client: verified server \(server), ALPN \(alpn)")
-            context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: self.message)), promise: nil)
+/// Polls `condition` every 20 ms for up to 10 s.
+private func waitFor(_ what: String, _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            throw ValidationError("demo: timed out waiting for \(what)")
         }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = self.unwrapInboundIn(data)
-        self.received += buffer.readString(length: buffer.readableBytes) ?? ""
-        if self.received.utf8.count >= self.message.utf8.count {
-            self.reply.succeed(self.received)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.reply.fail(error)
-        context.close(promise: nil)
+        try await Task.sleep(for: .milliseconds(20))
     }
 }

@@ -8,9 +8,9 @@ import Testing
 struct EchoTests {
     @Test("echo, request/response, ACK, PING/PONG", arguments: TransportKind.allCases)
     func basics(kind: TransportKind) async throws {
-        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(100) }
+        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(250) }
         try await withServer(kind, configuration: configuration) { server, port in
-            let client = try await connect(kind, port: port) { $0.session.heartbeatInterval = .milliseconds(100) }
+            let client = try await connect(kind, port: port) { $0.session.heartbeatInterval = .milliseconds(250) }
             #expect(client.session.sessionID?.isEmpty == false)
             #expect(client.session.peer?.nodeID == "server")
 
@@ -30,7 +30,7 @@ struct EchoTests {
             await eventually("ACK") { client.session.acksReceived == 1 }
 
             // Silence for a few intervals: PINGs flow both ways and are answered.
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .seconds(1))
             #expect(client.session.lastRoundTrip != nil)
             #expect(client.session.currentState == .open)
             await client.close()

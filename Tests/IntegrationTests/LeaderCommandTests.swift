@@ -1,0 +1,69 @@
+import Foundation
+import SMSGTestSupport
+import Testing
+
+/// `securemsg leader` and `securemsg collaborator` as real processes.
+@Suite("securemsg leader and collaborator")
+struct LeaderCommandTests {
+    @Test("a collaborator joins, leaves on SIGTERM, and the leader stops on SIGTERM")
+    func leaderAndCollaborator() async throws {
+        let certs = BenchServerTests.certificates
+        let leader = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
+                "--ca", "\(certs)/ca.pem", "--require-client-cert",
+            ]
+        )
+        defer { leader.terminate() }
+        await leader.waitForOutput(containing: "listening on 127.0.0.1:")
+        let port = try #require(BenchServerTests.listeningPort(leader.output))
+
+        let collaborator = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "collaborator", "--leader", "127.0.0.1:\(port)", "--id", "collab-1", "--cert", "\(certs)/collab-1.pem",
+                "--key", "\(certs)/collab-1.key", "--ca", "\(certs)/ca.pem", "--status", "ready",
+            ]
+        )
+        defer { collaborator.terminate() }
+        await collaborator.waitForOutput(containing: "collab-1: connected")
+        await leader.waitForOutput(containing: "joined collab-1 certificate=collab-1 status=ready")
+
+        collaborator.signal(SIGTERM)
+        #expect(await collaborator.waitForExit() == 0)
+        await leader.waitForOutput(containing: "left collab-1 (goodbye)")
+
+        leader.signal(SIGTERM)
+        #expect(await leader.waitForExit() == 0)
+    }
+
+    @Test("an impostor is refused: collab-2's certificate claiming collab-1")
+    func impostor() async throws {
+        let certs = BenchServerTests.certificates
+        let leader = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
+                "--ca", "\(certs)/ca.pem", "--require-client-cert",
+            ]
+        )
+        defer { leader.terminate() }
+        await leader.waitForOutput(containing: "listening on 127.0.0.1:")
+        let port = try #require(BenchServerTests.listeningPort(leader.output))
+        let impostor = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "collaborator", "--leader", "127.0.0.1:\(port)", "--id", "collab-1", "--cert", "\(certs)/collab-2.pem",
+                "--key", "\(certs)/collab-2.key", "--ca", "\(certs)/ca.pem",
+            ]
+        )
+        defer { impostor.terminate() }
+        await impostor.waitForOutput(containing: "does not match the client certificate")
+        #expect(!leader.output.contains("joined"))
+        impostor.signal(SIGTERM)
+        _ = await impostor.waitForExit()
+        leader.signal(SIGTERM)
+        #expect(await leader.waitForExit() == 0)
+    }
+}
