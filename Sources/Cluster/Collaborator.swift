@@ -31,6 +31,8 @@ public final class Collaborator: Service, Sendable {
     private let client: ReconnectingClient
     private let handlers = NIOLockedValueBox(TopicHandlers())
     private let status: NIOLockedValueBox<String?>
+    /// When the last status PING went out, and whether one is already scheduled.
+    private let statusPing = NIOLockedValueBox<(last: ContinuousClock.Instant?, scheduled: Bool)>((nil, false))
 
     /// Connection changes (connected, disconnected, reconnecting, gave up).
     public var events: AsyncStream<ConnectionEvent> { self.client.events }
@@ -89,14 +91,40 @@ public final class Collaborator: Service, Sendable {
         self.handlers.withLockedValue { $0.requests[topic] = handler }
     }
 
-    /// Changes the status: the leader hears of it at once (an extra PING), and every later
-    /// PING carries it.
+    /// Changes the status. The leader hears of it with an extra PING — at once, or, when a
+    /// status PING went out less than one heartbeat interval ago, at the end of that interval
+    /// (carrying the latest status): at most one status PING per interval. Every later PING
+    /// carries it too.
     public func setStatus(_ status: String) {
         precondition(status.utf8.count <= Frame.maximumPingPayload, "a status is at most 65,536 bytes")
         self.status.withLockedValue { $0 = status }
-        if let session = self.client.currentSession {
-            session.setPingStatus(ByteBuffer(string: status))
-            session.ping()
+        self.client.currentSession?.setPingStatus(ByteBuffer(string: status))
+        let interval = Duration(self.configuration.session.heartbeatInterval)
+        let now = ContinuousClock.now
+        let wait: Duration? = self.statusPing.withLockedValue { ping in
+            if ping.scheduled { return nil }
+            guard let last = ping.last, now - last < interval else {
+                ping.last = now
+                return .zero
+            }
+            ping.scheduled = true
+            return interval - (now - last)
+        }
+        guard let wait else { return }
+        if wait == .zero {
+            self.client.currentSession?.ping()
+            return
+        }
+        Task {
+            try? await Task.sleep(for: wait)
+            self.statusPing.withLockedValue { ping in
+                ping.scheduled = false
+                ping.last = ContinuousClock.now
+            }
+            if let session = self.client.currentSession, let current = self.status.withLockedValue({ $0 }) {
+                session.setPingStatus(ByteBuffer(string: current))
+                session.ping()
+            }
         }
     }
 

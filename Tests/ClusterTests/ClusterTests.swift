@@ -224,3 +224,50 @@ struct ClusterLoadTests {
         }
     }
 }
+
+@Suite("Leader policies")
+struct LeaderPolicyTests {
+    @Test("a node not on the allow-list is refused with UNAUTHORIZED")
+    func allowList() async throws {
+        let configure: (inout LeaderConfiguration) -> Void = { $0.allowList = ["collab-1"] }
+        try await withLeader(configure: configure) { leader, port, _ in
+            let refused = try await SecureClient.connect(
+                host: "127.0.0.1",
+                port: port,
+                transport: try ClusterCertificates.collaboratorTransport("collab-2"),
+                serverHostname: "localhost",
+                configuration: ClientConfiguration(nodeID: "collab-2")
+            )
+            do {
+                for try await _ in refused.messages {}
+                Issue.record("a node off the allow-list was kept")
+            } catch let error as MessagingError {
+                #expect(error.errorCode == .unauthorized)
+            }
+            let (allowed, running) = try startCollaborator("collab-1", port: port)
+            await eventually("the allowed one joined") { leader.collaborator("collab-1")?.state == .active }
+            #expect(leader.collaborator("collab-2")?.state != .active)
+            await allowed.leave()
+            try await running.value
+        }
+    }
+
+    @Test("status changes: at most one status PING per heartbeat interval, the latest status wins")
+    func statusPingsAreRateLimited() async throws {
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, log in
+            let (collaborator, running) = try startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
+            await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
+            for index in 1...5 {
+                collaborator.setStatus("step-\(index)")
+            }
+            await eventually("the latest status", timeout: .seconds(5)) {
+                leader.collaborator("collab-1")?.status == "step-5"
+            }
+            let changes = log.all.filter { if case .statusChanged = $0 { true } else { false } }
+            // The first change went out at once, the other four were folded into one PING.
+            #expect(changes.count <= 2, "\(changes)")
+            await collaborator.leave()
+            try await running.value
+        }
+    }
+}

@@ -80,6 +80,8 @@ struct MetricsTests {
         #expect((Self.value("smsg_bytes_received_total", in: text) ?? 0) > 6 * 24)
         #expect((Self.value("smsg_bytes_sent_total", in: text) ?? 0) > 7 * 24)
         #expect(Self.value("smsg_handshake_failures_total", in: text) == 0)
+        // Everything received was taken by the handler: nothing is left queued.
+        #expect(Self.value("smsg_inbound_queued_bytes", in: text) == 0)
 
         for client in clients {
             await client.close()

@@ -146,7 +146,12 @@ public final class SecureMessagingServer: Service, Sendable {
     private func setUp(_ channel: any Channel) throws -> Session {
         let config = self.configuration
         let sessionID = SessionIDGenerator.next()
-        let session = Session(channel: channel, sessionID: sessionID, configuration: config.session)
+        let session = Session(
+            channel: channel,
+            sessionID: sessionID,
+            configuration: config.session,
+            metrics: self.metrics
+        )
         self.metrics.sessionsTotal.increment()
         var rejection: ProtocolViolation?
         if self.shuttingDown.withLockedValue({ $0 }) {

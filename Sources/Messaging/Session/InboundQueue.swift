@@ -1,3 +1,4 @@
+import CoreMetrics
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -49,13 +50,28 @@ final class InboundQueue: Sendable {
 
     private let state = NIOLockedValueBox(State())
     private let limits: Limits
+    /// The process-wide gauge of payload bytes waiting for applications, if metrics are kept.
+    private let gauge: Meter?
     /// Called (outside the lock) for each message the application takes; `resume` is true
     /// when taking it brought the queue back under both low watermarks after a SLOW_DOWN.
     private let onConsume: @Sendable (_ message: Message, _ resume: Bool) -> Void
 
-    init(limits: Limits, onConsume: @escaping @Sendable (_ message: Message, _ resume: Bool) -> Void) {
+    init(
+        limits: Limits,
+        gauge: Meter? = nil,
+        onConsume: @escaping @Sendable (_ message: Message, _ resume: Bool) -> Void
+    ) {
         self.limits = limits
+        self.gauge = gauge
         self.onConsume = onConsume
+    }
+
+    deinit {
+        // Messages never taken leave the gauge with the queue.
+        let left = self.state.withLockedValue { $0.bytes }
+        if left > 0 {
+            self.gauge?.decrement(by: Double(left))
+        }
     }
 
     /// The DATA payload bytes a message counts for.
@@ -77,6 +93,7 @@ final class InboundQueue: Sendable {
             }
             state.buffer.append(message)
             state.bytes += size
+            self.gauge?.increment(by: Double(size))
             state.peakBytes = max(state.peakBytes, state.bytes)
             state.peakMessages = max(state.peakMessages, state.buffer.count)
             if state.buffer.count >= limits.hardMessages || state.bytes >= limits.hardBytes {
@@ -123,7 +140,9 @@ final class InboundQueue: Sendable {
     /// Takes the first message; the caller holds the lock. Returns whether RESUME is due.
     private func pop(_ state: inout State) -> (Message, Bool)? {
         guard let message = state.buffer.popFirst() else { return nil }
-        state.bytes -= Self.size(of: message)
+        let size = Self.size(of: message)
+        state.bytes -= size
+        self.gauge?.decrement(by: Double(size))
         var resume = false
         if state.peerPaused, state.buffer.count <= self.limits.lowMessages, state.bytes <= self.limits.lowBytes {
             state.peerPaused = false

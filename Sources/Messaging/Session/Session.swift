@@ -83,7 +83,12 @@ public final class Session: Sendable {
         var closeReason: MessagingError?
     }
 
-    init(channel: any Channel, sessionID: String?, configuration: SessionConfiguration) {
+    init(
+        channel: any Channel,
+        sessionID: String?,
+        configuration: SessionConfiguration,
+        metrics: MessagingMetrics? = nil
+    ) {
         self.channel = channel
         self.configuration = configuration
         self.state = NIOLockedValueBox(State(sessionID: sessionID))
@@ -91,7 +96,10 @@ public final class Session: Sendable {
         self.openPromise = channel.eventLoop.makePromise(of: Void.self)
         let handlerBox = self.handler
         let loop = channel.eventLoop
-        self.inbound = InboundQueue(limits: .init(configuration.flowControl)) { message, resume in
+        self.inbound = InboundQueue(
+            limits: .init(configuration.flowControl),
+            gauge: metrics?.inboundQueuedBytes
+        ) { message, resume in
             let ackID: UInt64? = message.flags.contains(.ackRequested) && !message.isResponse ? message.id : nil
             guard ackID != nil || resume else { return }
             if loop.inEventLoop {

@@ -61,6 +61,7 @@ final class SessionHandler: ChannelDuplexHandler {
     private var slowConsumerTimer: Scheduled<Void>?
     private var rateLimiter: RateLimiter?
     private var readHeld = false
+    private var sampledOutboundBytes = 0
     private var rateLimitTimer: Scheduled<Void>?
 
     init(
@@ -228,6 +229,7 @@ final class SessionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimers()
+        self.sampleOutbound(context: context, closing: true)
         let wasOpenOrClosing = self.machine.state != .idle && self.machine.state != .awaitingHello
         self.machine.close()
         let failure =
@@ -297,8 +299,20 @@ final class SessionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Publishes this channel's unwritten bytes to the outbound gauge (as a change from the
+    /// last sample).
+    private func sampleOutbound(context: ChannelHandlerContext, closing: Bool = false) {
+        guard let gauge = self.metrics?.outboundQueuedBytes else { return }
+        let now = closing ? 0 : ((try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0)
+        if now != self.sampledOutboundBytes {
+            gauge.increment(by: Double(now - self.sampledOutboundBytes))
+            self.sampledOutboundBytes = now
+        }
+    }
+
     private func heartbeat(context: ChannelHandlerContext) {
         guard self.machine.state != .closed else { return }
+        self.sampleOutbound(context: context)
         let now = NIODeadline.now()
         let timeout = self.machine.heartbeatTimeout
         if now - self.lastReceived >= timeout {
@@ -564,7 +578,6 @@ final class SessionHandler: ChannelDuplexHandler {
                 self.scheduleRateLimitRefill(context: context)
             }
         }
-        self.metrics?.inboundQueuedBytes.increment(by: Double(InboundQueue.size(of: message)))
         switch self.session.inbound.push(message) {
         case .queued:
             break
@@ -611,6 +624,7 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.sampleOutbound(context: context)
         if context.channel.isWritable {
             self.slowConsumerTimer?.cancel()
             self.slowConsumerTimer = nil
