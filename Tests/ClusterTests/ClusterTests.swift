@@ -73,7 +73,17 @@ struct ClusterTests {
     @Test("a duplicate node_id: the new connection wins, one record")
     func duplicate() async throws {
         try await withLeader { leader, port, log in
-            let (first, firstRun) = try startCollaborator("collab-1", port: port, status: "first")
+            // Plain clients (no reconnection): a replaced collaborator that reconnected would
+            // in turn replace the newer one.
+            var firstConfiguration = ClientConfiguration(nodeID: "collab-1")
+            firstConfiguration.metadata["status"] = "first"
+            let first = try await SecureClient.connect(
+                host: "127.0.0.1",
+                port: port,
+                transport: try ClusterCertificates.collaboratorTransport("collab-1"),
+                serverHostname: "localhost",
+                configuration: firstConfiguration
+            )
             await eventually("first joined") { leader.collaborator("collab-1")?.status == "first" }
             let firstSession = leader.collaborator("collab-1")?.sessionID
             let second = try await SecureClient.connect(
@@ -95,8 +105,8 @@ struct ClusterTests {
             await eventually("the first was reported replaced") {
                 log.all.contains(.left(nodeID: "collab-1", reason: .replaced))
             }
-            await first.leave()
-            try await firstRun.value
+            await first.session.waitUntilClosed()
+            #expect(first.session.closeReason?.errorCode == .goingAway)
             await second.close()
         }
     }
@@ -268,6 +278,27 @@ struct LeaderPolicyTests {
             #expect(changes.count <= 2, "\(changes)")
             await collaborator.leave()
             try await running.value
+        }
+    }
+}
+
+@Suite("Leader records")
+struct LeaderRecordTests {
+    @Test("a gone record is kept for the retention time, then removed")
+    func goneRetention() async throws {
+        let configure: (inout LeaderConfiguration) -> Void = { $0.goneRetention = .milliseconds(500) }
+        try await withLeader(configure: configure) { leader, port, _ in
+            let (collaborator, running) = try startCollaborator("collab-1", port: port, status: "ok")
+            await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
+            let record = try #require(leader.collaborator("collab-1"))
+            #expect(record.certificateIdentity == "collab-1")
+            #expect(record.role == "collaborator")
+            #expect(record.remoteAddress?.contains("127.0.0.1") == true)
+            await eventually("a round trip measured") { leader.collaborator("collab-1")?.roundTrip != nil }
+            await collaborator.leave()
+            try await running.value
+            await eventually("gone") { leader.collaborator("collab-1")?.state == .gone }
+            await eventually("removed after the retention time") { leader.collaborator("collab-1") == nil }
         }
     }
 }
