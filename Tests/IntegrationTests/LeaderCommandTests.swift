@@ -5,8 +5,8 @@ import Testing
 /// `securemsg leader` and `securemsg collaborator` as real processes.
 @Suite("securemsg leader and collaborator")
 struct LeaderCommandTests {
-    @Test("a collaborator joins, leaves on SIGTERM, and the leader stops on SIGTERM")
-    func leaderAndCollaborator() async throws {
+    /// `securemsg leader` with mutual TLS on a free port, once it listens.
+    static func startLeader() async throws -> (ChildProcess, Int) {
         let certs = BenchServerTests.certificates
         let leader = try ChildProcess(
             BenchServerTests.executable,
@@ -15,9 +15,16 @@ struct LeaderCommandTests {
                 "--ca", "\(certs)/ca.pem", "--require-client-cert",
             ]
         )
-        defer { leader.terminate() }
         await leader.waitForOutput(containing: "listening on 127.0.0.1:")
         let port = try #require(BenchServerTests.listeningPort(leader.output))
+        return (leader, port)
+    }
+
+    @Test("a collaborator joins, leaves on SIGTERM, and the leader stops on SIGTERM")
+    func leaderAndCollaborator() async throws {
+        let certs = BenchServerTests.certificates
+        let (leader, port) = try await Self.startLeader()
+        defer { leader.terminate() }
 
         let collaborator = try ChildProcess(
             BenchServerTests.executable,
@@ -41,16 +48,8 @@ struct LeaderCommandTests {
     @Test("an impostor is refused: collab-2's certificate claiming collab-1")
     func impostor() async throws {
         let certs = BenchServerTests.certificates
-        let leader = try ChildProcess(
-            BenchServerTests.executable,
-            [
-                "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
-                "--ca", "\(certs)/ca.pem", "--require-client-cert",
-            ]
-        )
+        let (leader, port) = try await Self.startLeader()
         defer { leader.terminate() }
-        await leader.waitForOutput(containing: "listening on 127.0.0.1:")
-        let port = try #require(BenchServerTests.listeningPort(leader.output))
         let impostor = try ChildProcess(
             BenchServerTests.executable,
             [

@@ -97,6 +97,12 @@ public struct Frame: Sendable, Hashable {
         self.body = body
     }
 
+    /// The largest payload that may be sent to a peer that announced `announced` as its
+    /// max_frame (the default when it announced none; never more than the 32-bit length field).
+    static func payloadLimit(announced: Int?) -> Int {
+        min(announced ?? Frame.defaultMaxFrame, Int(UInt32.max))
+    }
+
     /// The `length` field: payload bytes after the header.
     public var length: Int {
         self.payload.readableBytes + (self.body?.readableBytes ?? 0)

@@ -127,7 +127,7 @@ public final class Session: Sendable {
         topic: String,
         body: ByteBuffer,
         ackRequested: Bool,
-        onID: @escaping @Sendable (UInt64) -> Void
+        onID: (@Sendable (UInt64) -> Void)?
     ) async throws {
         let promise = self.channel.eventLoop.makePromise(of: Void.self)
         let flags: DataFlags = ackRequested ? .ackRequested : []
@@ -151,16 +151,15 @@ public final class Session: Sendable {
     ///
     /// - Parameter ackRequested: ask the peer to ACK once its application has taken it.
     public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
-        let promise = self.channel.eventLoop.makePromise(of: Void.self)
-        let flags: DataFlags = ackRequested ? .ackRequested : []
-        self.onLoop { handler in
-            guard let handler else {
-                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
-                return
-            }
-            _ = handler.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise)
-        }
-        try await promise.futureResult.get()
+        try await self.send(topic: topic, body: body, ackRequested: ackRequested, onID: nil)
+    }
+
+    /// Whether a message of this size could be sent to the peer at all (topic at most 255
+    /// bytes, payload within the peer's max_frame).
+    private func fitsPeer(topic: String, body: ByteBuffer) -> Bool {
+        let topicBytes = topic.utf8.count
+        let limit = Frame.payloadLimit(announced: self.peer?.maxFrame)
+        return topicBytes <= Message.maximumTopicBytes && 1 + topicBytes + body.readableBytes <= limit
     }
 
     /// Sends a message unless sending is blocked (the channel is over its write-buffer
@@ -168,12 +167,9 @@ public final class Session: Sendable {
     /// bound. Returns whether the message was taken.
     @discardableResult
     public func trySend(topic: String, body: ByteBuffer) -> Bool {
-        guard !self.sendBlocked.load(ordering: .relaxed), self.currentState == .open else { return false }
-        let peerMaxFrame = min(self.peer?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
-        let topicBytes = topic.utf8.count
-        guard topicBytes <= Message.maximumTopicBytes, 1 + topicBytes + body.readableBytes <= peerMaxFrame else {
-            return false
-        }
+        guard !self.sendBlocked.load(ordering: .relaxed), self.currentState == .open,
+            self.fitsPeer(topic: topic, body: body)
+        else { return false }
         self.onLoop { handler in
             _ = handler?.sendData(topic: topic, body: body, flags: [], mayWait: false, promise: nil)
         }
@@ -187,12 +183,7 @@ public final class Session: Sendable {
     /// (topic over 255 bytes, payload over the peer's max_frame).
     @discardableResult
     public func offer(topic: String, body: ByteBuffer) -> Bool {
-        guard self.currentState == .open else { return false }
-        let peerMaxFrame = min(self.peer?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
-        let topicBytes = topic.utf8.count
-        guard topicBytes <= Message.maximumTopicBytes, 1 + topicBytes + body.readableBytes <= peerMaxFrame else {
-            return false
-        }
+        guard self.currentState == .open, self.fitsPeer(topic: topic, body: body) else { return false }
         self.onLoop { handler in handler?.offer(topic: topic, body: body) }
         return true
     }

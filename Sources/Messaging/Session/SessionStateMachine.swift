@@ -152,8 +152,7 @@ struct SessionStateMachine {
 
     /// The largest payload the peer accepts.
     var peerMaxFrame: Int {
-        // The length field is 32 bits, whatever the peer announces.
-        min(self.peerHello?.maxFrame ?? Frame.defaultMaxFrame, Int(UInt32.max))
+        Frame.payloadLimit(announced: self.peerHello?.maxFrame)
     }
 
     /// The peer's heartbeat interval, or the protocol default when its HELLO has none.
