@@ -26,6 +26,8 @@ public final class SecureClient: Sendable {
     ///
     /// - Parameters:
     ///   - serverHostname: the name the server's certificate must carry; defaults to `host`.
+    ///   - receiver: makes a ``MessageReceiver`` that takes the session's messages on its
+    ///     event loop instead of ``messages``.
     /// - Throws: ``MessagingError`` with ``MessagingError/Code/connectFailed`` and the reason
     ///   (TCP, TLS or HELLO) when the session does not open.
     public static func connect(
@@ -35,7 +37,8 @@ public final class SecureClient: Sendable {
         serverHostname: String? = nil,
         configuration: ClientConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        receiver: SecureMessagingServer.ReceiverFactory? = nil
     ) async throws -> SecureClient {
         guard Hello.isValidNodeID(configuration.nodeID) else {
             throw MessagingError(.connectFailed, "invalid node_id")
@@ -67,10 +70,11 @@ public final class SecureClient: Sendable {
                             configuration: configuration.session,
                             session: session,
                             waitsForTLS: transport.isSecure,
+                            receiver: receiver?(session),
                             logger: logger
                         )
                         session.attach(handler)
-                        try channel.addSessionHandlers(handler, maxFrame: configuration.session.maxFrame)
+                        try channel.addSessionHandlers(handler)
                         return session
                     }
                 }

@@ -27,6 +27,8 @@ public import ServiceLifecycle
 public final class SecureMessagingServer: Service, Sendable {
     /// Serves one open session.
     public typealias Handler = @Sendable (Session) async throws -> Void
+    /// Makes the ``MessageReceiver`` of a new session (called on its event loop).
+    public typealias ReceiverFactory = @Sendable (Session) -> any MessageReceiver
 
     public let configuration: ServerConfiguration
     public let transport: any MessagingTransport
@@ -36,6 +38,7 @@ public final class SecureMessagingServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let handler: Handler
+    private let receiverFactory: ReceiverFactory?
     private let listening: EventLoopPromise<SocketAddress>
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
     private let shuttingDown = NIOLockedValueBox(false)
@@ -46,7 +49,7 @@ public final class SecureMessagingServer: Service, Sendable {
     /// - Parameters:
     ///   - metrics: where the server's counters go (the bootstrapped `MetricsSystem` by default).
     ///   - handler: runs once per open session, in its own task.
-    public init(
+    public convenience init(
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -54,6 +57,51 @@ public final class SecureMessagingServer: Service, Sendable {
         metrics: MessagingMetrics = MessagingMetrics(),
         handler: @escaping Handler
     ) {
+        self.init(
+            configuration: configuration,
+            transport: transport,
+            group: group,
+            logger: logger,
+            metrics: metrics,
+            handler: handler,
+            receiverFactory: nil
+        )
+    }
+
+    /// Creates a server whose sessions hand their messages to a ``MessageReceiver`` on the
+    /// event loop: the fast path for answering at once. Each session closes when its peer
+    /// leaves or at shutdown.
+    ///
+    /// - Parameter receiver: makes the receiver of each new session, on its event loop.
+    public convenience init(
+        configuration: ServerConfiguration,
+        transport: any MessagingTransport,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        metrics: MessagingMetrics = MessagingMetrics(),
+        receiver: @escaping ReceiverFactory
+    ) {
+        self.init(
+            configuration: configuration,
+            transport: transport,
+            group: group,
+            logger: logger,
+            metrics: metrics,
+            handler: { session in await session.waitUntilClosed() },
+            receiverFactory: receiver
+        )
+    }
+
+    private init(
+        configuration: ServerConfiguration,
+        transport: any MessagingTransport,
+        group: any EventLoopGroup,
+        logger: Logger,
+        metrics: MessagingMetrics,
+        handler: @escaping Handler,
+        receiverFactory: ReceiverFactory?
+    ) {
+        self.receiverFactory = receiverFactory
         self.metrics = metrics
         self.configuration = configuration
         self.transport = transport
@@ -188,10 +236,11 @@ public final class SecureMessagingServer: Service, Sendable {
             requireCertificateIdentity: config.requireCertificateIdentity,
             rejection: rejection,
             metrics: self.metrics,
+            receiver: self.receiverFactory?(session),
             logger: logger
         )
         session.attach(handler)
-        try channel.addSessionHandlers(handler, maxFrame: config.session.maxFrame)
+        try channel.addSessionHandlers(handler)
         return session
     }
 

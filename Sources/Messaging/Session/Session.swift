@@ -28,7 +28,9 @@ public final class Session: Sendable {
     /// The peer's HELLO, once the session is open.
     public var peer: Hello? { self.state.withLockedValue { $0.peer } }
     /// The peer's TLS certificate, when it presented one.
-    public var peerCertificate: PeerCertificate? { self.state.withLockedValue { $0.peerCertificate } }
+    public var peerCertificate: PeerCertificate? { self.state.withLockedValue { $0.tls?.peerCertificate } }
+    /// What the TLS handshake agreed on (version, cipher suite, resumption), for a TLS session.
+    public var tlsHandshake: TLSHandshakeInfo? { self.state.withLockedValue { $0.tls } }
     /// The current state.
     public var currentState: SessionState { self.state.withLockedValue { $0.lifecycle } }
     /// The round-trip time of the latest PING answered.
@@ -72,7 +74,7 @@ public final class Session: Sendable {
         var lifecycle: SessionState = .handshaking
         var sessionID: String?
         var peer: Hello?
-        var peerCertificate: PeerCertificate?
+        var tls: TLSHandshakeInfo?
         var lastRoundTrip: TimeAmount?
         var pingsInFlight: [UInt64: NIODeadline] = [:]
         var peerFlow: FlowSignal = .resume
@@ -290,9 +292,9 @@ public final class Session: Sendable {
 
     // MARK: - Reports from the handler (on the event loop)
 
-    func transportReady(peerCertificate: PeerCertificate?) {
+    func transportReady(tls: TLSHandshakeInfo?) {
         self.state.withLockedValue {
-            $0.peerCertificate = peerCertificate
+            $0.tls = tls
             $0.lifecycle = .awaitingHello
         }
     }

@@ -294,6 +294,13 @@ struct SessionStateMachine {
         return id
     }
 
+    /// Checks that a message of this size could be sent to the peer at all.
+    func checkSendable(topicBytes: Int, bodyBytes: Int) throws(SendRefusal) {
+        guard topicBytes <= Message.maximumTopicBytes else { throw .topicTooLong }
+        let limit = self.peerMaxFrame
+        guard 1 + topicBytes + bodyBytes <= limit else { throw .tooLarge(limit: limit) }
+    }
+
     /// Checks a RESPONSE to `requestID` may be sent, and marks it sent.
     mutating func respond(to requestID: UInt64, topicBytes: Int, bodyBytes: Int) throws(SendRefusal) {
         switch self.state {

@@ -54,12 +54,9 @@ public struct TLSTransport: MessagingTransport {
 }
 
 extension Channel {
-    /// Adds the frame codec and a session handler above whatever the transport added.
-    func addSessionHandlers(_ handler: SessionHandler, maxFrame: Int) throws {
-        try self.pipeline.syncOperations.addHandlers(
-            ByteToMessageHandler(FrameDecoder(maxFrame: maxFrame)),
-            FrameEncoderHandler(),
-            handler
-        )
+    /// Adds a session handler (which decodes and encodes frames itself) above whatever the
+    /// transport added.
+    func addSessionHandlers(_ handler: SessionHandler) throws {
+        try self.pipeline.syncOperations.addHandler(handler)
     }
 }

@@ -30,8 +30,8 @@ final class TLSConnection {
     let ssl: OpaquePointer
     let resumptionKey: String?
     private let allocator: ByteBufferAllocator
-    private var inbound: ByteBuffer?
-    private var outbound: ByteBuffer?
+    @exclusivity(unchecked) private var inbound: ByteBuffer?
+    @exclusivity(unchecked) private var outbound: ByteBuffer?
     /// The transport delivered its last byte: an empty read now means end of file.
     private(set) var transportEnded = false
 

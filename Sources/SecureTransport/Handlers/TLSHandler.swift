@@ -20,6 +20,10 @@ public struct TLSHandshakeCompleted: Sendable, Hashable {
 ///   without close_notify is reported as ``TLSError/Code/truncatedConnection``.
 /// - Failures (verification, alerts, timeouts) are fired as ``TLSError`` through
 ///   `errorCaught`, after any alert OpenSSL produced is sent, and the channel is closed.
+///
+/// State lives on the event loop and is never accessed in overlapping ways, so the stored
+/// properties opt out of dynamic exclusivity checks (`@exclusivity(unchecked)`), which are a
+/// measurable cost per record.
 public final class TLSHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
@@ -49,12 +53,12 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let serverHostname: String?
     private let resumptionKey: String?
     private let handshakeTimeout: TimeAmount?
-    private var connection: TLSConnection?
-    private var state: State = .idle
-    private var pendingWrites = CircularBuffer<PendingWrite>()
-    private var flushedWriteCount = 0
-    private var handshakeTimer: Scheduled<Void>?
-    private var closeInProgress: EventLoopPromise<Void>?
+    @exclusivity(unchecked) private var connection: TLSConnection?
+    @exclusivity(unchecked) private var state: State = .idle
+    @exclusivity(unchecked) private var pendingWrites = CircularBuffer<PendingWrite>()
+    @exclusivity(unchecked) private var flushedWriteCount = 0
+    @exclusivity(unchecked) private var handshakeTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var closeInProgress: EventLoopPromise<Void>?
 
     /// What the handshake agreed on, once it has completed.
     public private(set) var handshakeInfo: TLSHandshakeInfo?
@@ -306,6 +310,9 @@ public final class TLSHandler: ChannelDuplexHandler {
                 if failure == nil {
                     failure = connection.writePlaintext(buffer)
                 }
+            } else if buffer.readableBytes > 0, remaining == 0, coalesced == nil {
+                // A lone small write needs no copy.
+                failure = connection.writePlaintext(buffer)
             } else if buffer.readableBytes > 0 {
                 if coalesced == nil {
                     coalesced = context.channel.allocator.buffer(capacity: max(buffer.readableBytes, 1024))
