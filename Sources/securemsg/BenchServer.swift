@@ -52,6 +52,12 @@ struct BenchServer: AsyncParsableCommand {
     @Option(help: "Microseconds the application waits after taking each message (a slow consumer).")
     var consumeDelayUs: Int = 0
 
+    @Flag(help: "Echo from an async task per session (Session.messages) instead of on the event loop.")
+    var asyncHandler = false
+
+    @Option(help: "The most sessions at once; more are refused with SERVER_BUSY.")
+    var maxConnections: Int = ServerConfiguration(port: 0).maxConnections
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "warning"
 
@@ -66,6 +72,7 @@ struct BenchServer: AsyncParsableCommand {
         if !self.plaintext, self.cert == nil || self.key == nil {
             throw ValidationError("--cert and --key are required unless --plaintext is given")
         }
+        guard self.maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         if self.clientAuth != .none, self.ca == nil {
             throw ValidationError("--client-auth \(self.clientAuth.rawValue) needs --ca")
         }
@@ -102,13 +109,26 @@ struct BenchServer: AsyncParsableCommand {
             let endpoint = PrometheusEndpoint(host: metricsAddress.host, port: metricsAddress.port, registry: registry)
             services.append(.init(service: endpoint))
         }
-        let server = SecureMessagingServer(
-            configuration: ServerConfiguration(host: address.host, port: address.port),
-            transport: transport,
-            logger: logger,
-            metrics: serverMetrics,
-            handler: Self.handler(sink: self.sink, delay: .microseconds(self.consumeDelayUs))
-        )
+        var configuration = ServerConfiguration(host: address.host, port: address.port)
+        configuration.maxConnections = self.maxConnections
+        let server: SecureMessagingServer
+        if self.sink || self.consumeDelayUs > 0 || self.asyncHandler {
+            server = SecureMessagingServer(
+                configuration: configuration,
+                transport: transport,
+                logger: logger,
+                metrics: serverMetrics,
+                handler: Self.handler(sink: self.sink, delay: .microseconds(self.consumeDelayUs))
+            )
+        } else {
+            server = SecureMessagingServer(
+                configuration: configuration,
+                transport: transport,
+                logger: logger,
+                metrics: serverMetrics,
+                receiver: { _ in EchoReceiver() }
+            )
+        }
         services.insert(.init(service: server), at: 0)
         let group = ServiceGroup(
             configuration: .init(
@@ -142,6 +162,17 @@ struct BenchServer: AsyncParsableCommand {
                     try await session.send(topic: message.topic, body: message.body)
                 }
             }
+        }
+    }
+}
+
+/// The echo on the event loop: each message is answered as it is decoded.
+final class EchoReceiver: MessageReceiver {
+    func received(_ message: Message, session: LoopSession) {
+        if message.isRequest {
+            session.respond(to: message, body: message.body)
+        } else {
+            session.send(topic: message.topic, body: message.body)
         }
     }
 }
