@@ -58,12 +58,17 @@ public struct FrameDecoder: ByteToMessageDecoder {
     /// Takes one whole frame off the front of `buffer`, or returns nil when more bytes are needed.
     func decodeFrame(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
         guard buffer.readableBytes >= Frame.headerSize else { return nil }
-        let start = buffer.readerIndex
-        let length = Int(buffer.getInteger(at: start, as: UInt32.self)!)
-        let type = FrameType(rawValue: buffer.getInteger(at: start + 4, as: UInt8.self)!)
-        let flags = buffer.getInteger(at: start + 5, as: UInt8.self)!
-        let reserved = buffer.getInteger(at: start + 6, as: UInt16.self)!
-        let id = buffer.getInteger(at: start + 8, as: UInt64.self)!
+        // The whole header in one read of the buffer.
+        let (length, type, flags, reserved, id, timestamp) = buffer.withUnsafeReadableBytes { bytes in
+            (
+                Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))),
+                FrameType(rawValue: bytes[4]),
+                bytes[5],
+                UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: 6, as: UInt16.self)),
+                UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+            )
+        }
         try Self.validateHeader(
             length: length,
             type: type,
@@ -74,7 +79,6 @@ public struct FrameDecoder: ByteToMessageDecoder {
         )
 
         guard buffer.readableBytes >= Frame.headerSize + length else { return nil }
-        let timestamp = buffer.getInteger(at: start + 16, as: UInt64.self)!
         buffer.moveReaderIndex(forwardBy: Frame.headerSize)
         let payload = buffer.readSlice(length: length)!
         try Self.validatePayload(type: type, payload: payload)

@@ -10,14 +10,35 @@ public struct FrameEncoder: Sendable {
 
     /// The header of `frame` written into `buffer`.
     public static func writeHeader(of frame: Frame, into buffer: inout ByteBuffer) {
-        buffer.writeMultipleIntegers(
-            UInt32(frame.length),
-            frame.type.rawValue,
-            frame.flags,
-            UInt16(0),
-            frame.id,
-            frame.timestamp
+        Self.writeHeader(
+            length: frame.length,
+            type: frame.type,
+            flags: frame.flags,
+            id: frame.id,
+            timestamp: frame.timestamp,
+            into: &buffer
         )
+    }
+
+    /// Writes a header from its fields, in one store into the buffer.
+    @inlinable
+    static func writeHeader(
+        length: Int,
+        type: FrameType,
+        flags: UInt8,
+        id: UInt64,
+        timestamp: UInt64,
+        into buffer: inout ByteBuffer
+    ) {
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Frame.headerSize) { bytes in
+            bytes.storeBytes(of: UInt32(truncatingIfNeeded: length).bigEndian, toByteOffset: 0, as: UInt32.self)
+            bytes.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
+            bytes.storeBytes(of: flags, toByteOffset: 5, as: UInt8.self)
+            bytes.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
+            bytes.storeBytes(of: id.bigEndian, toByteOffset: 8, as: UInt64.self)
+            bytes.storeBytes(of: timestamp.bigEndian, toByteOffset: 16, as: UInt64.self)
+            return Frame.headerSize
+        }
     }
 
     /// Encodes `frame` into one or two buffers, calling `emit` for each in order.

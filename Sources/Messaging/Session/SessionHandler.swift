@@ -79,7 +79,7 @@ final class SessionHandler: ChannelDuplexHandler {
     @exclusivity(unchecked) private var flushPending = false
     @exclusivity(unchecked) private var flushScheduled = false
     private let decoder: FrameDecoder
-    /// Received bytes not yet decoded into whole frames.
+    /// The start of a frame whose rest has not arrived yet.
     @exclusivity(unchecked) private var inbound: ByteBuffer?
     /// Frames written since the last flush, encoded.
     @exclusivity(unchecked) private var batch: ByteBuffer?
@@ -180,14 +180,49 @@ final class SessionHandler: ChannelDuplexHandler {
         }
         self.lastReceived = .now()
         self.session.lastSeen.store(self.lastReceived.uptimeNanoseconds, ordering: .relaxed)
-        if self.inbound == nil {
-            self.inbound = input
-        } else {
-            self.inbound!.writeBuffer(&input)
-        }
-        while self.machine.state != .closed, var buffer = self.inbound {
-            // Keep the buffer uniquely referenced while it is decoded.
+        // First the frame an earlier read left incomplete, copying in only its missing bytes;
+        // then whole frames straight from this read, without copying.
+        guard self.completePartialFrame(from: &input, context: context) else { return }
+        self.decodeFrames(from: &input, context: context)
+    }
+
+    /// Completes (and handles) the frame an earlier read left incomplete, taking its missing
+    /// bytes from the front of `input`. Returns false when `input` ran out first or the
+    /// session closed.
+    private func completePartialFrame(from input: inout ByteBuffer, context: ChannelHandlerContext) -> Bool {
+        while var partial = self.inbound {
             self.inbound = nil
+            let target: Int
+            if partial.readableBytes < Frame.headerSize {
+                target = Frame.headerSize
+            } else {
+                target = Frame.headerSize + Int(partial.getInteger(at: partial.readerIndex, as: UInt32.self)!)
+            }
+            let take = min(target - partial.readableBytes, input.readableBytes)
+            if take > 0 {
+                var piece = input.readSlice(length: take)!
+                partial.writeBuffer(&piece)
+            }
+            if partial.readableBytes < target {
+                self.inbound = partial
+                return false
+            }
+            // The frame is whole (handled now), or its header is (checked, then kept waiting).
+            self.decodeFrames(from: &partial, context: context)
+            guard self.machine.state != .closed else {
+                self.inbound = nil
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Handles every whole frame in `buffer`; the start of an incomplete one is checked as far
+    /// as it goes and kept in a buffer of its own, sized for the whole frame, so that the rest
+    /// is copied in once and the storage of the frames before it (which their messages may
+    /// still hold) is never copied.
+    private func decodeFrames(from buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        while self.machine.state != .closed {
             let frame: Frame?
             do {
                 frame = try self.decoder.decodeFrame(&buffer)
@@ -196,30 +231,24 @@ final class SessionHandler: ChannelDuplexHandler {
                 return
             }
             guard let frame else {
-                if let header = FrameDecoder.pendingHeader(buffer),
-                    let violation = self.machine.checkPendingHeader(header)
-                {
-                    // A frame still arriving is already out of place: refuse it now.
-                    self.sendErrorAndClose(context: context, violation)
-                    return
-                }
-                if buffer.readableBytes > 0 {
-                    if buffer.readerIndex >= 65_536 {
-                        buffer.discardReadBytes()
+                guard buffer.readableBytes > 0 else { return }
+                var size = Frame.headerSize
+                if let header = FrameDecoder.pendingHeader(buffer) {
+                    if let violation = self.machine.checkPendingHeader(header) {
+                        // A frame still arriving is already out of place: refuse it now.
+                        self.sendErrorAndClose(context: context, violation)
+                        return
                     }
-                    self.inbound = buffer
+                    size += header.length
                 }
+                var partial = context.channel.allocator.buffer(capacity: size)
+                partial.writeBuffer(&buffer)
+                self.inbound = partial
                 return
-            }
-            if buffer.readableBytes > 0 {
-                self.inbound = buffer
             }
             self.unpublishedFramesReceived += 1
             self.unpublishedBytesReceived += Frame.headerSize + frame.length
             self.receive(frame, context: context)
-        }
-        if self.machine.state == .closed {
-            self.inbound = nil
         }
     }
 
@@ -488,11 +517,7 @@ final class SessionHandler: ChannelDuplexHandler {
         let bodyBytes = frame.body?.readableBytes ?? 0
         self.unpublishedFramesSent += 1
         self.unpublishedBytesSent += Frame.headerSize + frame.payload.readableBytes + bodyBytes
-        if self.batch == nil {
-            let size = Frame.headerSize + frame.payload.readableBytes + bodyBytes
-            self.batch = context.channel.allocator.buffer(capacity: max(size, Self.batchCapacity))
-            self.batchTimestamp = WallClock.nowMicroseconds()
-        }
+        self.startBatch(context: context, size: Frame.headerSize + frame.payload.readableBytes + bodyBytes)
         frame.timestamp = self.batchTimestamp
         if bodyBytes >= FrameEncoder.copyLimit, let body = frame.body {
             FrameEncoder.writeHeader(of: frame, into: &self.batch!)
@@ -516,7 +541,58 @@ final class SessionHandler: ChannelDuplexHandler {
         if flush {
             self.flushNow(context: context)
         }
+    }
+
+    /// Makes sure a batch is open; a new one takes the time (its frames' timestamp, and when
+    /// we last sent, for the heartbeat).
+    @inline(__always)
+    private func startBatch(context: ChannelHandlerContext, size: Int) {
+        guard self.batch == nil else { return }
+        self.batch = context.channel.allocator.buffer(capacity: max(size, Self.batchCapacity))
+        self.batchTimestamp = WallClock.nowMicroseconds()
         self.lastSent = .now()
+    }
+
+    /// Encodes a DATA frame straight into the batch: header, topic length, topic, and the body
+    /// (copied when small, else written after the batch as it is).
+    private func writeDataFrame(
+        context: ChannelHandlerContext,
+        topic: String,
+        body: ByteBuffer,
+        flags: DataFlags,
+        id: UInt64,
+        promise: EventLoopPromise<Void>?
+    ) {
+        let topicBytes = topic.utf8.count
+        let bodyBytes = body.readableBytes
+        let length = 1 + topicBytes + bodyBytes
+        self.unpublishedFramesSent += 1
+        self.unpublishedBytesSent += Frame.headerSize + length
+        let copyBody = bodyBytes < FrameEncoder.copyLimit
+        self.startBatch(context: context, size: Frame.headerSize + 1 + topicBytes + (copyBody ? bodyBytes : 0))
+        FrameEncoder.writeHeader(
+            length: length,
+            type: .data,
+            flags: flags.rawValue,
+            id: id,
+            timestamp: self.batchTimestamp,
+            into: &self.batch!
+        )
+        self.batch!.writeInteger(UInt8(topicBytes))
+        self.batch!.writeString(topic)
+        guard copyBody else {
+            self.emitBatch(context: context)
+            context.write(Self.wrapOutboundOut(body), promise: promise)
+            return
+        }
+        self.batch!.writeImmutableBuffer(body)
+        if let promise {
+            if let combined = self.batchPromise {
+                combined.futureResult.cascade(to: promise)
+            } else {
+                self.batchPromise = promise
+            }
+        }
     }
 
     /// Hands the encoded batch to the layer below (not flushed).
@@ -640,12 +716,7 @@ final class SessionHandler: ChannelDuplexHandler {
             return nil
         }
         onID?(id)
-        self.write(
-            context: context,
-            Self.dataFrame(topic: topic, body: body, flags: flags, id: id),
-            flush: false,
-            promise: promise
-        )
+        self.writeDataFrame(context: context, topic: topic, body: body, flags: flags, id: id, promise: promise)
         self.scheduleFlush(context: context)
         return id
     }
@@ -689,7 +760,7 @@ final class SessionHandler: ChannelDuplexHandler {
             }
         }
         self.pendingRequests[id] = PendingRequest(promise: promise, timer: timer)
-        self.write(context: context, Self.dataFrame(topic: topic, body: body, flags: .request, id: id), flush: false)
+        self.writeDataFrame(context: context, topic: topic, body: body, flags: .request, id: id, promise: nil)
         self.scheduleFlush(context: context)
     }
 
@@ -712,10 +783,12 @@ final class SessionHandler: ChannelDuplexHandler {
             onRefusal()
             return
         }
-        self.write(
+        self.writeDataFrame(
             context: context,
-            Self.dataFrame(topic: topic, body: body, flags: .response, id: requestID),
-            flush: false,
+            topic: topic,
+            body: body,
+            flags: .response,
+            id: requestID,
             promise: promise
         )
         self.scheduleFlush(context: context)
@@ -982,14 +1055,6 @@ final class SessionHandler: ChannelDuplexHandler {
         self.phaseTimer = nil
         self.write(context: context, Frame(type: .goodbye), flush: true)
         context.close(promise: nil)
-    }
-
-    private static func dataFrame(topic: String, body: ByteBuffer, flags: DataFlags, id: UInt64) -> Frame {
-        var prefix = ByteBuffer()
-        prefix.reserveCapacity(1 + topic.utf8.count)
-        prefix.writeInteger(UInt8(topic.utf8.count))
-        prefix.writeString(topic)
-        return Frame(type: .data, flags: flags.rawValue, id: id, payload: prefix, body: body)
     }
 }
 
