@@ -49,35 +49,42 @@ public final class SecureClient: Sendable {
             metadata: configuration.metadata
         )
         let session: Session
-        do {
-            session = try await ClientBootstrap(group: group)
-                .connectTimeout(TimeAmount(configuration.connectTimeout))
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelOption(
-                    .writeBufferWaterMark,
-                    value: .init(
-                        low: configuration.session.flowControl.writeBufferLowWatermark,
-                        high: configuration.session.flowControl.writeBufferHighWatermark
-                    )
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(TimeAmount(configuration.connectTimeout))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: ServerConfiguration.receiveBufferAllocator)
+            .channelOption(
+                .writeBufferWaterMark,
+                value: .init(
+                    low: configuration.session.flowControl.writeBufferLowWatermark,
+                    high: configuration.session.flowControl.writeBufferHighWatermark
                 )
-                .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try transport.configure(channel, serverHostname: serverHostname ?? host)
-                        let session = Session(channel: channel, sessionID: nil, configuration: configuration.session)
-                        let handler = SessionHandler(
-                            role: .client,
-                            hello: hello,
-                            configuration: configuration.session,
-                            session: session,
-                            waitsForTLS: transport.isSecure,
-                            receiver: receiver?(session),
-                            logger: logger
-                        )
-                        session.attach(handler)
-                        try channel.addSessionHandlers(handler)
-                        return session
-                    }
-                }
+            )
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<Session> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try transport.configure(channel, serverHostname: serverHostname ?? host)
+                let session = Session(channel: channel, sessionID: nil, configuration: configuration.session)
+                let handler = SessionHandler(
+                    role: .client,
+                    hello: hello,
+                    configuration: configuration.session,
+                    session: session,
+                    waitsForTLS: transport.isSecure,
+                    receiver: receiver?(session),
+                    logger: logger
+                )
+                session.attach(handler)
+                try channel.addSessionHandlers(handler)
+                return session
+            }
+        }
+        do {
+            if let address = try? SocketAddress(ipAddress: host, port: port) {
+                // An address needs no resolver (nor its trip through another thread).
+                session = try await bootstrap.connect(to: address, channelInitializer: initializer)
+            } else {
+                session = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
+            }
         } catch {
             throw MessagingError(.connectFailed, "cannot connect to \(host):\(port): \(error)")
         }

@@ -127,6 +127,7 @@ public final class SecureMessagingServer: Service, Sendable {
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: ServerConfiguration.receiveBufferAllocator)
                 .childChannelOption(
                     .writeBufferWaterMark,
                     value: .init(
@@ -153,12 +154,18 @@ public final class SecureMessagingServer: Service, Sendable {
         try await withGracefulShutdownHandler {
             try await channel.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
-                    for try await session in inbound {
+                    for try await session in inbound where self.receiverFactory == nil {
+                        // A receiver runs on the event loop: its sessions need no task (nor its
+                        // memory) of their own.
                         group.addTask { await self.serve(session) }
                     }
                     // No more connections: say GOODBYE to the sessions still here.
-                    for session in self.registry.all {
+                    let remaining = self.registry.all
+                    for session in remaining {
                         session.beginClose(goingAway: true)
+                    }
+                    for session in remaining {
+                        await session.waitUntilClosed()
                     }
                 }
             }

@@ -37,7 +37,8 @@ final class InboundQueue: Sendable {
     }
 
     private struct State {
-        var buffer = CircularBuffer<Message>()
+        // Small at first (most sessions are idle most of the time); it doubles as it fills.
+        var buffer = CircularBuffer<Message>(initialCapacity: 1)
         var bytes = 0
         var peakBytes = 0
         var peakMessages = 0

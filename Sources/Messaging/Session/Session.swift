@@ -63,8 +63,6 @@ public final class Session: Sendable {
     let sendBlocked = Atomic<Bool>(false)
     /// When the last frame arrived, in `NIODeadline` uptime nanoseconds.
     let lastSeen = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
-    private let peerStatusListener = NIOLockedValueBox<(@Sendable (ByteBuffer) -> Void)?>(nil)
-    private let ackListener = NIOLockedValueBox<(@Sendable (UInt64) -> Void)?>(nil)
     private let state: NIOLockedValueBox<State>
     private let handler: NIOLoopBoundBox<SessionHandler?>
     private let openPromise: EventLoopPromise<Void>
@@ -83,6 +81,9 @@ public final class Session: Sendable {
         var pingStatus: ByteBuffer = ByteBuffer()
         var peerStatus: ByteBuffer?
         var closeReason: MessagingError?
+        // The listeners share the state's lock: one lock per session, not three.
+        var peerStatusListener: (@Sendable (ByteBuffer) -> Void)?
+        var ackListener: (@Sendable (UInt64) -> Void)?
     }
 
     init(
@@ -145,7 +146,7 @@ public final class Session: Sendable {
 
     /// Called with the id of every ACK received (on the event loop).
     func onAck(_ listener: @escaping @Sendable (UInt64) -> Void) {
-        self.ackListener.withLockedValue { $0 = listener }
+        self.state.withLockedValue { $0.ackListener = listener }
     }
 
     /// Sends a message. Waits while the channel is over its write-buffer watermark or the
@@ -266,7 +267,7 @@ public final class Session: Sendable {
 
     /// Called with each status blob the peer's PINGs carry (on the event loop).
     public func onPeerStatus(_ listener: @escaping @Sendable (ByteBuffer) -> Void) {
-        self.peerStatusListener.withLockedValue { $0 = listener }
+        self.state.withLockedValue { $0.peerStatusListener = listener }
     }
 
     /// Waits until the HELLO exchange is done.
@@ -334,8 +335,11 @@ public final class Session: Sendable {
     }
 
     func recordAck(id: UInt64) {
-        self.state.withLockedValue { $0.acksReceived += 1 }
-        self.ackListener.withLockedValue { $0 }?(id)
+        let listener = self.state.withLockedValue { state in
+            state.acksReceived += 1
+            return state.ackListener
+        }
+        listener?(id)
     }
 
     func recordFlow(_ signal: FlowSignal) {
@@ -348,8 +352,11 @@ public final class Session: Sendable {
     }
 
     func recordPeerStatus(_ status: ByteBuffer) {
-        self.state.withLockedValue { $0.peerStatus = status }
-        self.peerStatusListener.withLockedValue { $0 }?(status)
+        let listener = self.state.withLockedValue { state in
+            state.peerStatus = status
+            return state.peerStatusListener
+        }
+        listener?(status)
     }
 
     func pingStatus() -> ByteBuffer {

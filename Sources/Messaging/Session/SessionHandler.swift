@@ -63,7 +63,7 @@ final class SessionHandler: ChannelDuplexHandler {
         case request(topic: String, body: ByteBuffer, timeout: TimeAmount, promise: EventLoopPromise<Message>)
     }
 
-    @exclusivity(unchecked) private var parkedSends = CircularBuffer<ParkedSend>()
+    @exclusivity(unchecked) private var parkedSends = CircularBuffer<ParkedSend>(initialCapacity: 1)
     /// Payload bytes of parked broadcast messages (bounded by the write-buffer high watermark).
     @exclusivity(unchecked) private var parkedOfferBytes = 0
     /// The peer sent FLOW SLOW_DOWN and no RESUME since.

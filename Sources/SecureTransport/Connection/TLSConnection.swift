@@ -201,6 +201,12 @@ final class TLSConnection {
     func readPlaintext(into buffer: inout ByteBuffer) -> ReadResult {
         TLSError.clearErrorQueue()
         while buffer.writableBytes > 0 {
+            // Nothing to decrypt: asking anyway would make OpenSSL allocate its read buffer
+            // for the next record and keep it while the connection is idle (about 16 KiB
+            // a connection, despite SSL_MODE_RELEASE_BUFFERS).
+            if self.inbound == nil, !self.transportEnded, SSL_has_pending(self.ssl) == 0 {
+                return .wantMoreCiphertext
+            }
             var result: CInt = 0
             buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space in
                 var count = 0

@@ -55,7 +55,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let handshakeTimeout: TimeAmount?
     @exclusivity(unchecked) private var connection: TLSConnection?
     @exclusivity(unchecked) private var state: State = .idle
-    @exclusivity(unchecked) private var pendingWrites = CircularBuffer<PendingWrite>()
+    @exclusivity(unchecked) private var pendingWrites = CircularBuffer<PendingWrite>(initialCapacity: 4)
     @exclusivity(unchecked) private var flushedWriteCount = 0
     @exclusivity(unchecked) private var handshakeTimer: Scheduled<Void>?
     @exclusivity(unchecked) private var closeInProgress: EventLoopPromise<Void>?
@@ -201,13 +201,18 @@ public final class TLSHandler: ChannelDuplexHandler {
             self.handshakeTimer?.cancel()
             self.handshakeTimer = nil
             self.state = .active
-            self.flushCiphertext(context: context)
+            // The handshake's last flight (a client's Finished, a server's tickets) waits for
+            // what the layers above answer at once (a HELLO), so both leave in one write.
+            if let ciphertext = connection.takeOutboundCiphertext() {
+                context.write(self.wrapOutboundOut(ciphertext), promise: nil)
+            }
             let info = connection.handshakeInfo
             self.handshakeInfo = info
             context.fireUserInboundEventTriggered(TLSHandshakeCompleted(info: info))
             // Application data may have arrived in the same read as the handshake's end.
             self.readPlaintext(context: context)
             self.encryptFlushedWrites(context: context)
+            context.flush()
         }
     }
 
