@@ -7,14 +7,16 @@
 # Env: DURATION=5 WARMUP=1 ROUNDS=3 IDLE_COUNT=2000 BIG_IDLE=10000 (0 skips the 10,000-session
 #      run) PEERS="nio" (add python for the Python peer; "" runs ours only) BASE_PORT=19600
 #      PEER_NIO=<prebuilt peer-nio binary> SHARED_BENCH=<path to the shared bench tool>
-#      SMOKE=1 (one round, 1 s, ours only, small idle counts: proves the tool works)
+#      CONFIG=release|debug (the build of ours to measure; default release)
+#      SMOKE=1 (one round of 1 s, ours only, small idle counts, the debug build: proves the tool
+#      works and fails on a missing row or an error; CI runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
-    : "${DURATION:=1}" "${WARMUP:=0.2}" "${ROUNDS:=1}" "${IDLE_COUNT:=50}" "${BIG_IDLE:=0}" "${PEERS:=}"
+    : "${DURATION:=1}" "${WARMUP:=0.2}" "${ROUNDS:=1}" "${IDLE_COUNT:=50}" "${BIG_IDLE:=0}" "${PEERS:=}" "${CONFIG:=debug}"
 fi
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -25,15 +27,16 @@ PEERS=${PEERS-nio}
 BASE_PORT=${BASE_PORT:-19600}
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 RESULTS=${RESULTS:-$ROOT/.build/bench-results.jsonl}
+CONFIG=${CONFIG:-release}
 
 log() { echo "[bench $(date +%T)] $*" >&2; }
 
 scripts/ensure-deps.sh
 t_start=$(date +%s)
 
-log "swift build -c release (securemsg)"
-swift build -c release --product securemsg >&2
-OURS="$(swift build -c release --show-bin-path)/securemsg"
+log "swift build -c $CONFIG (securemsg)"
+swift build -c "$CONFIG" --product securemsg >&2
+OURS="$(swift build -c "$CONFIG" --show-bin-path)/securemsg"
 
 if [ -n "$PEERS" ] && [ ! -d "$SHARED_BENCH/peer-nio" ]; then
     log "no peer stacks at $SHARED_BENCH: measuring ours only"
@@ -207,7 +210,7 @@ if [ "$BIG_IDLE" -gt 0 ]; then
 fi
 
 log "done in $(($(date +%s) - t_start)) s; raw results in $RESULTS"
-"$PYTHON" - "$RESULTS" "$ROUNDS" <<'PY'
+"$PYTHON" - "$RESULTS" "$ROUNDS" "$SMOKE" <<'PY'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(stack, mode, wl, key, count=None):
@@ -262,4 +265,16 @@ for r in rows:
 errors = [r for r in rows if r.get("error") or r.get("errors")]
 for r in errors:
     print(f"note: {r.get('stack')} {r.get('workload')} round {r.get('round')}: {r.get('error') or str(r.get('errors')) + ' errors'}")
+if sys.argv[3] == "1":
+    # The smoke run proves the tool works: every workload of ours reported, without errors.
+    expected = [("tls", "echo"), ("tls", "bulk"), ("tls", "handshake"), ("tls", "resume"), ("plain", "echo"),
+                ("tls", "idle")]
+    missing = [f"{m} {w}" for m, w in expected
+               if not any(r.get("stack") == "ours" and r.get("mode") == m and r.get("workload") == w
+                          and not r.get("error") and (r.get("samples", 1) > 0 or w == "idle")
+                          and (w != "idle" or r.get("connections", 0) > 0) for r in rows)]
+    if missing or errors:
+        print("smoke run failed: " + ", ".join(missing + [f"{r.get('workload')} errors" for r in errors]))
+        sys.exit(1)
+    print("smoke run passed: every workload reported")
 PY

@@ -48,5 +48,5 @@ extension ServerConfiguration {
     /// How each connection sizes its receive buffer: from 512 bytes, doubling while reads fill
     /// it, up to 64 KiB. The channel keeps its last buffer for the next read, so an idle
     /// session holds 512 bytes instead of NIO's default 2 KiB; a busy one grows in a few reads.
-    static let receiveBufferAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+    static let receiveBufferAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 262_144)
 }

@@ -67,6 +67,9 @@ public final class TLSContext: @unchecked Sendable {
         let options = smsg_SSL_OP_NO_COMPRESSION | smsg_SSL_OP_NO_RENEGOTIATION
         SSL_CTX_set_options(ctx, options)
         _ = smsg_SSL_CTX_set_mode(ctx, Int(SSL_MODE_RELEASE_BUFFERS))
+        // Read ahead: OpenSSL takes all the ciphertext waiting in one BIO read instead of a
+        // header and a body per record.
+        _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, nil)
 
         let config = self.configuration
         guard config.minimumVersion <= config.maximumVersion else {

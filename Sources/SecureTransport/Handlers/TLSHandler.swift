@@ -219,7 +219,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let connection = self.connection else { return }
         readLoop: while self.isReading {
-            let capacity = min(max(connection.pendingCiphertextCount, 2048), 65_536)
+            let capacity = min(max(connection.pendingCiphertextCount, 2048), 262_144)
             var buffer = context.channel.allocator.buffer(capacity: capacity)
             let result = connection.readPlaintext(into: &buffer)
             if buffer.readableBytes > 0 {
