@@ -3,7 +3,7 @@ public import Messaging
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
-import SecureTransport
+public import SecureTransport
 public import ServiceLifecycle
 
 /// Settings of a ``Leader``.
@@ -160,6 +160,13 @@ public final class Leader: Service, Sendable {
 
     /// Says GOODBYE to every collaborator (GOING_AWAY to those that do not answer within the
     /// drain timeout) and makes ``run()`` return once they are all gone.
+    /// Reloads the TLS certificate, key, trust roots and CRLs from disk for new connections;
+    /// see ``SecureMessagingServer/reloadTLS()``.
+    @discardableResult
+    public func reloadTLS() throws -> TLSContext {
+        try self.server.reloadTLS()
+    }
+
     public func shutdown() {
         self.server.shutdown()
     }

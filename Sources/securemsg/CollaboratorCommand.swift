@@ -56,11 +56,12 @@ struct CollaboratorCommand: AsyncParsableCommand {
         let address = try HostPort(self.leader)
         var logger = Logger(label: "securemsg.collaborator")
         logger.logLevel = .warning
-        let tls = TLSConfiguration.makeClientConfiguration(
+        var tls = TLSConfiguration.makeClientConfiguration(
             certificateChain: .file(self.cert),
             privateKey: .file(self.key),
             trustRoots: .file(self.ca)
         )
+        tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
         do {
             transport = try TLSTransport(configuration: tls)

@@ -45,6 +45,9 @@ struct LeaderCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics.")
     var metrics: String?
 
+    @Option(help: "Certificate revocation lists (PEM) checked against collaborator certificates.")
+    var crl: String?
+
     func validate() throws {
         _ = try HostPort(self.listen)
         if let metrics = self.metrics {
@@ -56,12 +59,14 @@ struct LeaderCommand: AsyncParsableCommand {
         let address = try HostPort(self.listen)
         var logger = Logger(label: "securemsg.leader")
         logger.logLevel = .warning
-        let tls = TLSConfiguration.makeMutualTLSServerConfiguration(
+        var tls = TLSConfiguration.makeMutualTLSServerConfiguration(
             certificateChain: .file(self.cert),
             privateKey: .file(self.key),
             trustRoots: .file(self.ca),
             clientAuthentication: self.requireClientCert ? .required : .optional
         )
+        tls.crlFile = self.crl
+        tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
         do {
             transport = try TLSTransport(configuration: tls)
@@ -94,6 +99,20 @@ struct LeaderCommand: AsyncParsableCommand {
         let interactive = isatty(STDOUT_FILENO) == 1
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
+            tasks.addTask {
+                // SIGHUP: certificate, key, CA and CRL are read from disk again for new
+                // connections; the sessions already open carry on.
+                for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                    do {
+                        let context = try leader.reloadTLS()
+                        let fingerprint = context.localCertificate?.sha256FingerprintHex ?? "none"
+                        print("TLS reloaded: certificate SHA-256 \(fingerprint)")
+                    } catch let error as TLSError {
+                        print("TLS reload refused (the previous certificate stays in use): \(error.reason)")
+                    }
+                    fflush(nil)
+                }
+            }
             tasks.addTask {
                 let bound = try await leader.listeningAddress()
                 print("listening on \(address.host):\(bound.port ?? address.port)")
@@ -166,4 +185,12 @@ enum MembershipTable {
         }
         return text
     }
+}
+
+/// The key log file named by `SSLKEYLOGFILE`, if set: for debugging with Wireshark only
+/// (building the TLS context prints a warning).
+func keyLogFileFromEnvironment() -> String? {
+    guard let value = getenv("SSLKEYLOGFILE") else { return nil }
+    let path = String(cString: value)
+    return path.isEmpty ? nil : path
 }

@@ -3,6 +3,7 @@ public import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
+public import SecureTransport
 public import ServiceLifecycle
 
 /// An smsg/1 server over TLS or plain TCP.
@@ -173,6 +174,32 @@ public final class SecureMessagingServer: Service, Sendable {
             self.shutdown()
         }
         self.logger.info("stopped")
+    }
+
+    /// Rebuilds the TLS context from its files (certificate, key, trust roots, CRLs) and uses
+    /// it for new handshakes; sessions already open carry on with the context they started with.
+    ///
+    /// - Returns: the new context (``TLSContext/localCertificate`` tells which certificate it
+    ///   presents).
+    /// - Throws: ``TLSError`` when the files cannot be used (a broken certificate, a key that
+    ///   does not match it); the old context then stays in use. A server without TLS throws
+    ///   ``TLSError/Code/invalidConfiguration``.
+    @discardableResult
+    public func reloadTLS() throws -> TLSContext {
+        guard let tls = self.transport as? TLSTransport else {
+            throw TLSError(.invalidConfiguration, "the server does not use TLS")
+        }
+        do {
+            let context = try tls.reload()
+            self.logger.notice(
+                "TLS context reloaded",
+                metadata: ["certificate_sha256": "\(context.localCertificate?.sha256FingerprintHex ?? "none")"]
+            )
+            return context
+        } catch {
+            self.logger.error("TLS reload refused; the previous context stays in use", metadata: ["error": "\(error)"])
+            throw error
+        }
     }
 
     /// Stops accepting connections and closes every session gracefully; `run()` returns once

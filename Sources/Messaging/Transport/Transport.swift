@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 public import NIOCore
 public import SecureTransport
 
@@ -25,14 +26,20 @@ public struct PlainTCPTransport: MessagingTransport {
 }
 
 /// TLS over the system's OpenSSL, with one shared ``TLSContext``.
+///
+/// The context can be replaced while connections are open (``reload()``, ``use(_:)``): new
+/// connections take the new one, connections already open keep theirs. Copies of a transport
+/// share its context.
 public struct TLSTransport: MessagingTransport {
-    /// The context every connection of this transport uses.
-    public var context: TLSContext
+    /// The context new connections use.
+    public var context: TLSContext { self.current.withLockedValue { $0 } }
     /// How long the TLS handshake may take, from the TCP accept or connect.
     public var handshakeTimeout: TimeAmount
 
+    private let current: NIOLockedValueBox<TLSContext>
+
     public init(context: TLSContext, handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout) {
-        self.context = context
+        self.current = NIOLockedValueBox(context)
         self.handshakeTimeout = handshakeTimeout
     }
 
@@ -42,6 +49,24 @@ public struct TLSTransport: MessagingTransport {
         handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout
     ) throws {
         self.init(context: try TLSContext(configuration: configuration), handshakeTimeout: handshakeTimeout)
+    }
+
+    /// Builds a new context from the current one's configuration, reading its certificate,
+    /// key, trust roots and CRLs from disk again, and uses it for new connections.
+    ///
+    /// - Returns: the new context.
+    /// - Throws: ``TLSError`` when the files cannot be used (a broken certificate, a key that
+    ///   does not match it, an unreadable CRL); the current context then stays in use.
+    @discardableResult
+    public func reload() throws -> TLSContext {
+        let fresh = try TLSContext(configuration: self.context.configuration)
+        self.use(fresh)
+        return fresh
+    }
+
+    /// Uses `context` for new connections from now on.
+    public func use(_ context: TLSContext) {
+        self.current.withLockedValue { $0 = context }
     }
 
     public var isSecure: Bool { true }

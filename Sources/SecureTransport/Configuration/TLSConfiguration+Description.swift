@@ -28,6 +28,12 @@ extension TLSConfiguration: CustomStringConvertible {
         parts.append("versions: \(self.minimumVersion)...\(self.maximumVersion)")
         parts.append("alpn: \(self.applicationProtocols)")
         parts.append("sessionResumption: \(self.sessionResumption)")
+        if let crlFile = self.crlFile {
+            parts.append("crlFile: \(crlFile)")
+        }
+        if let keyLogFile = self.keyLogFile {
+            parts.append("keyLogFile: \(keyLogFile) (TLS SECRETS ARE BEING LOGGED)")
+        }
         return "TLSConfiguration(\(parts.joined(separator: ", ")))"
     }
 }

@@ -96,6 +96,14 @@ public struct TLSConfiguration: Sendable, Hashable {
     /// Whether TLS session resumption is enabled: a server issues session tickets, a client
     /// keeps the latest session per server and offers it on the next connection.
     public var sessionResumption: Bool
+    /// Certificate revocation lists (a PEM file with one or more CRLs) checked at every
+    /// handshake: a peer whose leaf certificate is revoked is refused. Needs ``trustRoots``; the
+    /// CRLs must be issued by those roots. Only the leaf is checked.
+    public var crlFile: String?
+    /// A file to which the secrets of every connection are appended, in the NSS key log format
+    /// that `SSLKEYLOGFILE` and Wireshark use. Off by default, and for debugging only: anyone
+    /// holding the file can decrypt the traffic. Building a context with it prints a warning.
+    public var keyLogFile: String?
 
     /// The default TLS 1.2 suites: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305.
     public static let defaultTLS12CipherSuites =
@@ -126,6 +134,8 @@ public struct TLSConfiguration: Sendable, Hashable {
         self.groups = Self.defaultGroups
         self.applicationProtocols = [Self.smsgApplicationProtocol]
         self.sessionResumption = true
+        self.crlFile = nil
+        self.keyLogFile = nil
     }
 }
 

@@ -1,6 +1,12 @@
 internal import COpenSSL
 import NIOConcurrencyHelpers
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 extension TLSContext {
     /// Installs the C callbacks that need this context: ALPN selection on a server, the
     /// new-session hook that fills the client session cache.
@@ -15,6 +21,9 @@ extension TLSContext {
             if self.configuration.sessionResumption {
                 SSL_CTX_sess_set_new_cb(ctx, newSessionCallback)
             }
+        }
+        if self.keyLog != nil {
+            SSL_CTX_set_keylog_callback(ctx, keyLogCallback)
         }
     }
 
@@ -115,5 +124,50 @@ final class TLSSessionCache: @unchecked Sendable {
     /// The number of sessions kept.
     var count: Int {
         self.lock.withLock { self.sessions.count }
+    }
+}
+
+/// OpenSSL hands over each secret as one line of the NSS key log format.
+private func keyLogCallback(ssl: OpaquePointer?, line: UnsafePointer<CChar>?) {
+    guard let ssl, let line, let data = smsg_SSL_get_app_data(ssl) else { return }
+    let connection = Unmanaged<TLSConnection>.fromOpaque(data).takeUnretainedValue()
+    connection.context.keyLog?.append(line)
+}
+
+/// Appends key log lines to a file (created with mode 0600), one whole line per write.
+final class KeyLogWriter: Sendable {
+    let path: String
+    private let descriptor: CInt
+    private let lock = NIOLock()
+
+    init(path: String) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw TLSError(.invalidConfiguration, "cannot open the key log file \(path) (errno \(errno))")
+        }
+        self.path = path
+        self.descriptor = descriptor
+        var warning =
+            "WARNING: TLS key logging is ON: the secrets of every connection are written to \(path). "
+            + "Anyone with that file can decrypt the traffic. Use it only to debug, never in production.\n"
+        warning.withUTF8 { bytes in
+            _ = write(2, bytes.baseAddress, bytes.count)
+        }
+    }
+
+    deinit {
+        close(self.descriptor)
+    }
+
+    func append(_ line: UnsafePointer<CChar>) {
+        let length = strlen(line)
+        var bytes = [UInt8](repeating: 0, count: length + 1)
+        bytes.withUnsafeMutableBytes { buffer in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(start: line, count: length))
+            buffer[length] = UInt8(ascii: "\n")
+        }
+        self.lock.withLock {
+            _ = bytes.withUnsafeBytes { write(self.descriptor, $0.baseAddress, $0.count) }
+        }
     }
 }

@@ -20,6 +20,8 @@ public final class TLSContext: @unchecked Sendable {
     /// ALPN protocols in wire format (each prefixed by its length), for both roles.
     let alpnWireFormat: [UInt8]
     let sessionCache: TLSSessionCache
+    /// Where connection secrets go, when key logging is on.
+    let keyLog: KeyLogWriter?
     private let liveConnections = Atomic<Int>(0)
 
     /// Builds the OpenSSL context for `configuration`.
@@ -34,6 +36,12 @@ public final class TLSContext: @unchecked Sendable {
         self.sslContext = ctx
         self.alpnWireFormat = try Self.wireFormat(configuration.applicationProtocols)
         self.sessionCache = TLSSessionCache()
+        do {
+            self.keyLog = try configuration.keyLogFile.map { try KeyLogWriter(path: $0) }
+        } catch {
+            SSL_CTX_free(ctx)
+            throw error
+        }
         // From here on, `deinit` frees `ctx` whatever fails below.
         try self.applyProtocolSettings()
         try self.applyIdentity()
@@ -155,6 +163,12 @@ public final class TLSContext: @unchecked Sendable {
         if let roots = config.trustRoots {
             try self.loadTrustRoots(roots)
         }
+        if let crlFile = config.crlFile {
+            guard config.trustRoots != nil else {
+                throw TLSError(.invalidTrustRoots, "a CRL file needs trust roots to check against")
+            }
+            try self.loadRevocationLists(crlFile)
+        }
         switch config.role {
         case .client:
             if config.verifyPeer {
@@ -178,6 +192,35 @@ public final class TLSContext: @unchecked Sendable {
                 SSL_CTX_set_verify(ctx, mode, nil)
             }
         }
+    }
+
+    /// Adds every CRL in the PEM file at `path` to the trust store and turns on revocation
+    /// checking of the peer's leaf certificate.
+    private func loadRevocationLists(_ path: String) throws {
+        guard let bio = BIO_new_file(path, "r") else {
+            throw TLSError.fromErrorQueue(.invalidTrustRoots, "cannot read CRL file \(path)")
+        }
+        defer { BIO_free(bio) }
+        let store = SSL_CTX_get_cert_store(self.sslContext)
+        var count = 0
+        while let crl = PEM_read_bio_X509_CRL(bio, nil, nil, nil) {
+            defer { X509_CRL_free(crl) }
+            guard X509_STORE_add_crl(store, crl) == 1 else {
+                throw TLSError.fromErrorQueue(.invalidTrustRoots, "cannot add a CRL from \(path)")
+            }
+            count += 1
+        }
+        // The loop ends on the "no start line" error of the end of the file.
+        TLSError.clearErrorQueue()
+        guard count > 0 else {
+            throw TLSError(.invalidTrustRoots, "no CRL in \(path)")
+        }
+        X509_STORE_set_flags(store, UInt(X509_V_FLAG_CRL_CHECK))
+    }
+
+    /// The certificate this context presents, if it has one.
+    public var localCertificate: PeerCertificate? {
+        SSL_CTX_get0_certificate(self.sslContext).map { PeerCertificate(x509: $0) }
     }
 
     private func loadTrustRoots(_ roots: TLSConfiguration.TrustRoots) throws {
