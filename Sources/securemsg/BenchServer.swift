@@ -192,7 +192,11 @@ enum ClientAuthOption: String, ExpressibleByArgument, CaseIterable {
 }
 
 /// A HOST:PORT argument; IPv6 hosts in brackets (`[::1]:7443`).
-struct HostPort {
+struct HostPort: CustomStringConvertible {
+    var description: String {
+        self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+    }
+
     var host: String
     var port: Int
 

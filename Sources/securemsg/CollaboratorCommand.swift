@@ -24,20 +24,29 @@ struct CollaboratorCommand: AsyncParsableCommand {
             """
     )
 
+    @Option(
+        help:
+            "A JSON config file with any of the settings below (snake_case keys); flags and SMSG_* environment variables override it."
+    )
+    var config: String?
+
+    @Flag(help: "Print the effective settings as JSON (usable as a config file) and exit.")
+    var printConfig = false
+
     @Option(help: "The leader's address, HOST:PORT.")
-    var leader: String
+    var leader: String?
 
     @Option(help: "This node's id; it must be the identity in its certificate.")
-    var id: String
+    var id: String?
 
     @Option(help: "Client certificate chain (PEM).")
-    var cert: String
+    var cert: String?
 
     @Option(help: "Client private key (PEM).")
-    var key: String
+    var key: String?
 
     @Option(help: "CA certificates (PEM) to verify the leader with.")
-    var ca: String
+    var ca: String?
 
     @Option(help: "The name the leader's certificate must carry (default: the leader's host).")
     var serverName: String?
@@ -45,21 +54,68 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Option(help: "Application status reported to the leader.")
     var status: String?
 
-    func validate() throws {
-        _ = try HostPort(self.leader)
-        guard Hello.isValidNodeID(self.id) else {
-            throw ValidationError("--id must be 1 to 128 of A-Z a-z 0-9 . _ : @ -")
+    /// The settings from flags, environment and config file, checked.
+    struct Settings {
+        static let keys = ["leader", "id", "cert", "key", "ca", "server_name", "status"]
+
+        var leader: HostPort
+        var id: String
+        var cert: String
+        var key: String
+        var ca: String
+        var serverName: String?
+        var status: String?
+        var effective = EffectiveSettings()
+    }
+
+    func settings() throws -> Settings {
+        let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
+        guard let leader = try source.parsed("leader", flag: self.leader, { try HostPort($0) }) else {
+            _ = try source.requiredString("leader", flag: nil)
+            throw ValidationError("leader is required")
         }
+        let id = try source.parsed("id", flag: self.id) { id in
+            guard Hello.isValidNodeID(id) else {
+                throw ValidationError("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -, got \"\(id)\"")
+            }
+            return id
+        }
+        guard let id else {
+            _ = try source.requiredString("id", flag: nil)
+            throw ValidationError("id is required")
+        }
+        var settings = Settings(
+            leader: leader,
+            id: id,
+            cert: try source.requiredString("cert", flag: self.cert),
+            key: try source.requiredString("key", flag: self.key),
+            ca: try source.requiredString("ca", flag: self.ca),
+            serverName: try source.string("server_name", flag: self.serverName)?.0,
+            status: try source.string("status", flag: self.status)?.0
+        )
+        settings.effective.set("leader", "\(settings.leader)")
+        settings.effective.set("id", settings.id)
+        settings.effective.set("cert", settings.cert)
+        settings.effective.set("key", settings.key)
+        settings.effective.set("ca", settings.ca)
+        settings.effective.set("server_name", settings.serverName)
+        settings.effective.set("status", settings.status)
+        return settings
     }
 
     func run() async throws {
-        let address = try HostPort(self.leader)
+        let settings = try self.settings()
+        if self.printConfig {
+            print(settings.effective.json)
+            return
+        }
+        let address = settings.leader
         var logger = Logger(label: "securemsg.collaborator")
         logger.logLevel = .warning
         var tls = TLSConfiguration.makeClientConfiguration(
-            certificateChain: .file(self.cert),
-            privateKey: .file(self.key),
-            trustRoots: .file(self.ca)
+            certificateChain: .file(settings.cert),
+            privateKey: .file(settings.key),
+            trustRoots: .file(settings.ca)
         )
         tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
@@ -72,11 +128,11 @@ struct CollaboratorCommand: AsyncParsableCommand {
             leaderHost: address.host,
             leaderPort: address.port,
             transport: transport,
-            serverHostname: self.serverName ?? (address.host == "127.0.0.1" ? "localhost" : address.host),
-            configuration: CollaboratorConfiguration(nodeID: self.id, status: self.status),
+            serverHostname: settings.serverName ?? (address.host == "127.0.0.1" ? "localhost" : address.host),
+            configuration: CollaboratorConfiguration(nodeID: settings.id, status: settings.status),
             logger: logger
         )
-        let id = self.id
+        let id = settings.id
         collaborator.onRequest(topic: "ping") { _, _ in ByteBuffer(string: "pong from \(id)") }
         collaborator.on(topic: "broadcast") { message, _ in
             print("\(id): broadcast: \(String(buffer: message.body))")

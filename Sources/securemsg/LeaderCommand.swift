@@ -23,21 +23,32 @@ struct LeaderCommand: AsyncParsableCommand {
         discussion: """
             Prints "listening on HOST:PORT" once it accepts connections. On a terminal it shows a live \
             table of collaborators; otherwise it prints one line per membership event. SIGINT or \
-            SIGTERM says GOODBYE to every collaborator and exits.
+            SIGTERM says GOODBYE to every collaborator and exits. SIGHUP reads the certificate, key, CA \
+            and CRL again for new connections (open sessions carry on). SSLKEYLOGFILE=FILE appends TLS \
+            secrets to FILE for Wireshark: debugging only.
             """
     )
 
-    @Option(help: "Address to listen on, HOST:PORT.")
-    var listen: String = "127.0.0.1:7443"
+    @Option(
+        help:
+            "A JSON config file with any of the settings below (snake_case keys); flags and SMSG_* environment variables override it."
+    )
+    var config: String?
+
+    @Flag(help: "Print the effective settings as JSON (usable as a config file) and exit.")
+    var printConfig = false
+
+    @Option(help: "Address to listen on, HOST:PORT (default 127.0.0.1:7443).")
+    var listen: String?
 
     @Option(help: "Leader certificate chain (PEM).")
-    var cert: String
+    var cert: String?
 
     @Option(help: "Leader private key (PEM).")
-    var key: String
+    var key: String?
 
     @Option(help: "CA certificates (PEM) that collaborator certificates must chain to.")
-    var ca: String
+    var ca: String?
 
     @Flag(help: "Refuse collaborators without a client certificate (otherwise one is optional).")
     var requireClientCert = false
@@ -48,24 +59,57 @@ struct LeaderCommand: AsyncParsableCommand {
     @Option(help: "Certificate revocation lists (PEM) checked against collaborator certificates.")
     var crl: String?
 
-    func validate() throws {
-        _ = try HostPort(self.listen)
-        if let metrics = self.metrics {
-            _ = try HostPort(metrics)
-        }
+    /// The settings from flags, environment and config file, checked.
+    struct Settings {
+        static let keys = ["listen", "cert", "key", "ca", "require_client_cert", "metrics", "crl"]
+
+        var listen: HostPort
+        var cert: String
+        var key: String
+        var ca: String
+        var requireClientCert: Bool
+        var metrics: HostPort?
+        var crl: String?
+        var effective = EffectiveSettings()
+    }
+
+    func settings() throws -> Settings {
+        let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
+        var settings = Settings(
+            listen: try source.parsed("listen", flag: self.listen) { try HostPort($0) } ?? HostPort("127.0.0.1:7443"),
+            cert: try source.requiredString("cert", flag: self.cert),
+            key: try source.requiredString("key", flag: self.key),
+            ca: try source.requiredString("ca", flag: self.ca),
+            requireClientCert: try source.bool("require_client_cert", flag: self.requireClientCert),
+            metrics: try source.parsed("metrics", flag: self.metrics) { try HostPort($0) },
+            crl: try source.string("crl", flag: self.crl)?.0
+        )
+        settings.effective.set("listen", "\(settings.listen)")
+        settings.effective.set("cert", settings.cert)
+        settings.effective.set("key", settings.key)
+        settings.effective.set("ca", settings.ca)
+        settings.effective.set("require_client_cert", settings.requireClientCert)
+        settings.effective.set("metrics", settings.metrics.map { "\($0)" })
+        settings.effective.set("crl", settings.crl)
+        return settings
     }
 
     func run() async throws {
-        let address = try HostPort(self.listen)
+        let settings = try self.settings()
+        if self.printConfig {
+            print(settings.effective.json)
+            return
+        }
+        let address = settings.listen
         var logger = Logger(label: "securemsg.leader")
         logger.logLevel = .warning
         var tls = TLSConfiguration.makeMutualTLSServerConfiguration(
-            certificateChain: .file(self.cert),
-            privateKey: .file(self.key),
-            trustRoots: .file(self.ca),
-            clientAuthentication: self.requireClientCert ? .required : .optional
+            certificateChain: .file(settings.cert),
+            privateKey: .file(settings.key),
+            trustRoots: .file(settings.ca),
+            clientAuthentication: settings.requireClientCert ? .required : .optional
         )
-        tls.crlFile = self.crl
+        tls.crlFile = settings.crl
         tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
         do {
@@ -77,8 +121,7 @@ struct LeaderCommand: AsyncParsableCommand {
         configuration.server.requireCertificateIdentity = true
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var leaderMetrics = MessagingMetrics()
-        if let metrics = self.metrics {
-            let metricsAddress = try HostPort(metrics)
+        if let metricsAddress = settings.metrics {
             let registry = PrometheusCollectorRegistry()
             leaderMetrics = MessagingMetrics(factory: PrometheusMetricsFactory(registry: registry))
             services.append(

@@ -8,10 +8,12 @@ public final class ChildProcess: Sendable {
     private let input: Pipe
     private let collected = NIOLockedValueBox("")
 
-    public init(_ executable: String, _ arguments: [String]) throws {
+    /// Starts `executable` with `arguments`, and `environment` added to the inherited one.
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [executable] + arguments
+        process.arguments =
+            environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } + [executable] + arguments
         let input = Pipe()
         let output = Pipe()
         process.standardInput = input

@@ -30,7 +30,7 @@ final class SessionHandler: ChannelDuplexHandler {
     private let session: Session
     private let waitsForTLS: Bool
     private let rejection: ProtocolViolation?
-    private let logger: Logger
+    @exclusivity(unchecked) private var logger: Logger
     private let configuration: SessionConfiguration
     @exclusivity(unchecked) private var context: ChannelHandlerContext?
 
@@ -389,6 +389,14 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     private func opened(context: ChannelHandlerContext, peer: Hello, reply: Hello?) {
+        // From now on every line about this session says which node it is.
+        self.logger[metadataKey: "node_id"] = "\(peer.nodeID)"
+        if let sessionID = peer.sessionID, self.logger[metadataKey: "session_id"] == nil {
+            self.logger[metadataKey: "session_id"] = "\(sessionID)"
+        }
+        if self.logger[metadataKey: "remote"] == nil, let remote = context.channel.remoteAddress {
+            self.logger[metadataKey: "remote"] = "\(remote)"
+        }
         self.phaseTimer?.cancel()
         self.phaseTimer = nil
         if let reply {

@@ -1,0 +1,142 @@
+import Foundation
+import SMSGTestSupport
+import Testing
+
+/// The config file, environment variables and flags of `securemsg leader` and `collaborator`.
+@Suite("securemsg config files and environment")
+struct ConfigFileTests {
+    static func writeConfig(_ object: [String: Any]) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("smsg-\(UUID().uuidString).json").path
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    /// Runs the command to its end; returns its exit status and output.
+    static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> (Int32?, String) {
+        let process = try ChildProcess(BenchServerTests.executable, arguments, environment: environment)
+        let status = await process.waitForExit()
+        return (status, process.output)
+    }
+
+    /// The JSON object `--print-config` printed.
+    static func printed(_ output: String) throws -> [String: Any] {
+        let start = try #require(output.firstIndex(of: "{"))
+        let end = try #require(output.lastIndex(of: "}"))
+        let object = try JSONSerialization.jsonObject(with: Data(output[start...end].utf8))
+        return try #require(object as? [String: Any])
+    }
+
+    static func same(_ left: [String: Any], _ right: [String: Any]) -> Bool {
+        NSDictionary(dictionary: left).isEqual(to: right)
+    }
+
+    @Test("a leader config file with every option round-trips through --print-config")
+    func leaderRoundTrip() async throws {
+        let certs = BenchServerTests.certificates
+        let config: [String: Any] = [
+            "listen": "127.0.0.1:7999", "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key",
+            "ca": "\(certs)/ca.pem", "require_client_cert": true, "metrics": "127.0.0.1:9199",
+            "crl": "\(certs)/ca.crl.pem",
+        ]
+        let path = try Self.writeConfig(config)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (status, output) = try await Self.run(["leader", "--config", path, "--print-config"])
+        #expect(status == 0, "\(output)")
+        #expect(Self.same(try Self.printed(output), config), "\(output)")
+    }
+
+    @Test("a collaborator config file with every option round-trips through --print-config")
+    func collaboratorRoundTrip() async throws {
+        let certs = BenchServerTests.certificates
+        let config: [String: Any] = [
+            "leader": "[::1]:7443", "id": "collab-1", "cert": "\(certs)/collab-1.pem", "key": "\(certs)/collab-1.key",
+            "ca": "\(certs)/ca.pem", "server_name": "localhost", "status": "ready",
+        ]
+        let path = try Self.writeConfig(config)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (status, output) = try await Self.run(["collaborator", "--config", path, "--print-config"])
+        #expect(status == 0, "\(output)")
+        #expect(Self.same(try Self.printed(output), config), "\(output)")
+    }
+
+    @Test("a flag beats an environment variable, which beats the file")
+    func precedence() async throws {
+        let certs = BenchServerTests.certificates
+        let path = try Self.writeConfig([
+            "listen": "127.0.0.1:1001", "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key",
+            "ca": "\(certs)/ca.pem",
+        ])
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let environment = ["SMSG_LISTEN": "127.0.0.1:1002", "SMSG_REQUIRE_CLIENT_CERT": "true"]
+        let (_, fromEnvironment) = try await Self.run(
+            ["leader", "--config", path, "--print-config"],
+            environment: environment
+        )
+        let settings = try Self.printed(fromEnvironment)
+        #expect(settings["listen"] as? String == "127.0.0.1:1002")
+        #expect(settings["require_client_cert"] as? Bool == true)
+        let (_, fromFlag) = try await Self.run(
+            ["leader", "--config", path, "--listen", "127.0.0.1:1003", "--print-config"],
+            environment: environment
+        )
+        #expect(try Self.printed(fromFlag)["listen"] as? String == "127.0.0.1:1003")
+    }
+
+    @Test("a bad value names its key and the problem")
+    func badValues() async throws {
+        let certs = BenchServerTests.certificates
+        let base: [String: Any] = [
+            "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key", "ca": "\(certs)/ca.pem",
+        ]
+        let cases: [([String: Any], [String])] = [
+            (["listen": "nowhere"], [#"config key "listen""#, "HOST:PORT"]),
+            (["listen": 7443], [#"config key "listen""#, "expected a string, got 7443"]),
+            (["require_client_cert": "yes"], [#"config key "require_client_cert""#, "expected true or false"]),
+            (["require_client_cert": 1], [#"config key "require_client_cert""#, "expected true or false"]),
+            (["lisen": "127.0.0.1:7443"], [#"unknown key "lisen""#, "known keys: listen"]),
+        ]
+        for (extra, expected) in cases {
+            let path = try Self.writeConfig(base.merging(extra) { $1 })
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (status, output) = try await Self.run(["leader", "--config", path, "--print-config"])
+            #expect(status != 0)
+            for text in expected {
+                #expect(output.contains(text), "\(extra): \(output)")
+            }
+        }
+        let (missingStatus, missing) = try await Self.run(["leader", "--listen", "127.0.0.1:0", "--print-config"])
+        #expect(missingStatus != 0)
+        #expect(missing.contains("cert is required"), "\(missing)")
+        let (envStatus, envOutput) = try await Self.run(
+            ["leader", "--cert", "a", "--key", "b", "--ca", "c", "--print-config"],
+            environment: ["SMSG_REQUIRE_CLIENT_CERT": "maybe"]
+        )
+        #expect(envStatus != 0)
+        #expect(envOutput.contains("environment variable SMSG_REQUIRE_CLIENT_CERT: expected true or false"))
+        let (idStatus, idOutput) = try await Self.run(
+            ["collaborator", "--leader", "127.0.0.1:1", "--id", "bad id", "--cert", "a", "--key", "b", "--ca", "c"]
+        )
+        #expect(idStatus != 0)
+        #expect(idOutput.contains("--id: must be 1 to 128"), "\(idOutput)")
+        let (notJSONStatus, notJSON) = try await Self.run(["leader", "--config", "\(certs)/ca.pem"])
+        #expect(notJSONStatus != 0)
+        #expect(notJSON.contains("is not valid JSON"))
+    }
+
+    @Test("a leader runs from a config file alone")
+    func leaderFromFile() async throws {
+        let certs = BenchServerTests.certificates
+        let path = try Self.writeConfig([
+            "listen": "127.0.0.1:0", "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key",
+            "ca": "\(certs)/ca.pem",
+            "require_client_cert": true,
+        ])
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let leader = try ChildProcess(BenchServerTests.executable, ["leader", "--config", path])
+        defer { leader.terminate() }
+        await leader.waitForOutput(containing: "listening on 127.0.0.1:")
+        leader.signal(SIGTERM)
+        #expect(await leader.waitForExit() == 0)
+    }
+}
