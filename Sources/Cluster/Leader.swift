@@ -126,7 +126,7 @@ public final class Leader: Service, Sendable {
     }
 
     /// Sends DATA to every connected collaborator without waiting on any of them; returns how
-    /// many took it (see ``SecureMessagingServer/broadcast(topic:body:)``).
+    /// many took it (see `SecureMessagingServer.broadcast(topic:body:)`).
     @discardableResult
     public func broadcast(topic: String, body: ByteBuffer) -> Int {
         self.server.broadcast(topic: topic, body: body)
@@ -161,7 +161,7 @@ public final class Leader: Service, Sendable {
     /// Says GOODBYE to every collaborator (GOING_AWAY to those that do not answer within the
     /// drain timeout) and makes ``run()`` return once they are all gone.
     /// Reloads the TLS certificate, key, trust roots and CRLs from disk for new connections;
-    /// see ``SecureMessagingServer/reloadTLS()``.
+    /// see `SecureMessagingServer.reloadTLS()`.
     @discardableResult
     public func reloadTLS() throws -> TLSContext {
         try self.server.reloadTLS()

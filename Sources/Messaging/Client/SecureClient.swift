@@ -25,7 +25,13 @@ public final class SecureClient: Sendable {
     /// Connects, completes the TLS handshake (with a TLS transport) and the HELLO exchange.
     ///
     /// - Parameters:
+    ///   - host: the server's address or DNS name.
+    ///   - port: the server's port.
+    ///   - transport: TLS or plain TCP.
     ///   - serverHostname: the name the server's certificate must carry; defaults to `host`.
+    ///   - configuration: this side's HELLO and session settings.
+    ///   - group: the event loops to run on.
+    ///   - logger: where the session logs.
     ///   - receiver: makes a ``MessageReceiver`` that takes the session's messages on its
     ///     event loop instead of ``messages``.
     /// - Throws: ``MessagingError`` with ``MessagingError/Code/connectFailed`` and the reason

@@ -22,7 +22,7 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let requestTimedOut = Code("request timed out")
         /// There is no REQUEST to answer with that id.
         public static let noSuchRequest = Code("no such request")
-        /// The peer sent ERROR (see ``MessagingError/peerCode``).
+        /// The peer sent ERROR (see ``MessagingError/errorCode``).
         public static let peerError = Code("peer error")
         /// We sent ERROR to the peer because it broke the protocol or timed out.
         public static let protocolViolation = Code("protocol violation")

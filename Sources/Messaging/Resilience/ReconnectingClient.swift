@@ -81,7 +81,16 @@ public final class ReconnectingClient: Sendable {
     /// Starts connecting (in the background) and returns at once; see ``events``.
     ///
     /// - Parameters:
+    ///   - host: the server's address or DNS name.
+    ///   - port: the server's port.
+    ///   - transport: TLS or plain TCP.
+    ///   - serverHostname: the name the server's certificate must carry; defaults to `host`.
+    ///   - configuration: this side's HELLO and session settings.
+    ///   - policy: how long to wait between attempts, and when to give up.
+    ///   - disconnectedSends: what a send does while no connection is open.
     ///   - clock: the clock backoff delays are slept on (a test clock needs no real waiting).
+    ///   - group: the event loops to run on.
+    ///   - logger: where connection changes are logged.
     ///   - onConnected: called with each new session as soon as it is open, before anything is
     ///     sent on it.
     public init(

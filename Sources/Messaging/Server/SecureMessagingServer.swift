@@ -48,6 +48,10 @@ public final class SecureMessagingServer: Service, Sendable {
     /// Creates a server; nothing happens until ``run()``.
     ///
     /// - Parameters:
+    ///   - configuration: address, limits and session settings.
+    ///   - transport: TLS or plain TCP.
+    ///   - group: the event loops to run on.
+    ///   - logger: where the server and its sessions log.
     ///   - metrics: where the server's counters go (the bootstrapped `MetricsSystem` by default).
     ///   - handler: runs once per open session, in its own task.
     public convenience init(
@@ -73,7 +77,13 @@ public final class SecureMessagingServer: Service, Sendable {
     /// event loop: the fast path for answering at once. Each session closes when its peer
     /// leaves or at shutdown.
     ///
-    /// - Parameter receiver: makes the receiver of each new session, on its event loop.
+    /// - Parameters:
+    ///   - configuration: address, limits and session settings.
+    ///   - transport: TLS or plain TCP.
+    ///   - group: the event loops to run on.
+    ///   - logger: where the server and its sessions log.
+    ///   - metrics: where the server's counters go (the bootstrapped `MetricsSystem` by default).
+    ///   - receiver: makes the receiver of each new session, on its event loop.
     public convenience init(
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
@@ -179,11 +189,11 @@ public final class SecureMessagingServer: Service, Sendable {
     /// Rebuilds the TLS context from its files (certificate, key, trust roots, CRLs) and uses
     /// it for new handshakes; sessions already open carry on with the context they started with.
     ///
-    /// - Returns: the new context (``TLSContext/localCertificate`` tells which certificate it
+    /// - Returns: the new context (`TLSContext.localCertificate` tells which certificate it
     ///   presents).
-    /// - Throws: ``TLSError`` when the files cannot be used (a broken certificate, a key that
+    /// - Throws: `TLSError` when the files cannot be used (a broken certificate, a key that
     ///   does not match it); the old context then stays in use. A server without TLS throws
-    ///   ``TLSError/Code/invalidConfiguration``.
+    ///   `TLSError.Code.invalidConfiguration`.
     @discardableResult
     public func reloadTLS() throws -> TLSContext {
         guard let tls = self.transport as? TLSTransport else {

@@ -152,7 +152,10 @@ public final class Session: Sendable {
     /// Sends a message. Waits while the channel is over its write-buffer watermark or the
     /// peer said SLOW_DOWN; returns once the message is written to the connection.
     ///
-    /// - Parameter ackRequested: ask the peer to ACK once its application has taken it.
+    /// - Parameters:
+    ///   - topic: at most 255 bytes of UTF-8.
+    ///   - body: the payload, sent as it is.
+    ///   - ackRequested: ask the peer to ACK once its application has taken it.
     public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
         try await self.send(topic: topic, body: body, ackRequested: ackRequested, onID: nil)
     }

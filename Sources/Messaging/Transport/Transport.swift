@@ -12,7 +12,9 @@ public protocol MessagingTransport: Sendable {
 
     /// Adds the transport's handlers to a new channel. Called on the channel's event loop.
     ///
-    /// - Parameter serverHostname: for a client, the name to verify the server against.
+    /// - Parameters:
+    ///   - channel: the new channel, not yet active.
+    ///   - serverHostname: for a client, the name to verify the server against.
     func configure(_ channel: any Channel, serverHostname: String?) throws
 }
 
@@ -25,7 +27,7 @@ public struct PlainTCPTransport: MessagingTransport {
     public func configure(_ channel: any Channel, serverHostname: String?) throws {}
 }
 
-/// TLS over the system's OpenSSL, with one shared ``TLSContext``.
+/// TLS over the system's OpenSSL, with one shared `TLSContext`.
 ///
 /// The context can be replaced while connections are open (``reload()``, ``use(_:)``): new
 /// connections take the new one, connections already open keep theirs. Copies of a transport
@@ -55,7 +57,7 @@ public struct TLSTransport: MessagingTransport {
     /// key, trust roots and CRLs from disk again, and uses it for new connections.
     ///
     /// - Returns: the new context.
-    /// - Throws: ``TLSError`` when the files cannot be used (a broken certificate, a key that
+    /// - Throws: `TLSError` when the files cannot be used (a broken certificate, a key that
     ///   does not match it, an unreadable CRL); the current context then stays in use.
     @discardableResult
     public func reload() throws -> TLSContext {

@@ -6,7 +6,7 @@ public struct TLSHandshakeCompleted: Sendable, Hashable {
     public var info: TLSHandshakeInfo
 }
 
-/// Drives a ``TLSConnection`` on a channel: ciphertext below, plaintext above.
+/// Drives one TLS connection (an OpenSSL `SSL`) on a channel: ciphertext below, plaintext above.
 ///
 /// - The handshake starts when the channel becomes active and must finish within the
 ///   handshake timeout, counted from then; otherwise the channel is closed with
