@@ -107,3 +107,28 @@ struct LeaderReloadTests {
         #expect(await leader.waitForExit() == 0)
     }
 }
+
+/// SIGTERM on a leader with collaborators attached.
+@Suite("securemsg leader: SIGTERM with collaborators attached")
+struct LeaderShutdownTests {
+    @Test("every attached collaborator gets GOODBYE and the leader exits 0 within the drain deadline")
+    func drain() async throws {
+        let (leader, port) = try await LeaderCommandTests.startLeader()
+        defer { leader.terminate() }
+        var clients: [SecureClient] = []
+        for index in 1...4 {
+            clients.append(try await LeaderReloadTests.connectCollaborator(port: port, cert: "collab-\(index)"))
+        }
+        let started = ContinuousClock.now
+        leader.signal(SIGTERM)
+        for client in clients {
+            // The leader's GOODBYE ends the message sequence cleanly (no error).
+            for try await _ in client.messages {}
+            await client.session.waitUntilClosed()
+            #expect(client.session.closeReason == nil, "\(String(describing: client.session.closeReason))")
+        }
+        #expect(await leader.waitForExit() == 0)
+        // The session drain timeout is 5 s; answered GOODBYEs end it long before.
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
+}
