@@ -87,6 +87,14 @@ let package = Package(
             ],
             path: "Examples/smsg-example"
         ),
+        .executableTarget(
+            name: "smsg-fuzz",
+            dependencies: [
+                "Messaging",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/smsg-fuzz"
+        ),
         .target(
             name: "SMSGTestSupport",
             dependencies: [
