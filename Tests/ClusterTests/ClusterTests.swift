@@ -293,8 +293,15 @@ struct LeaderRecordTests {
     @Test("a gone record is kept for the retention time, then removed")
     func goneRetention() async throws {
         let configure: (inout LeaderConfiguration) -> Void = { $0.goneRetention = .milliseconds(500) }
-        try await withLeader(configure: configure) { leader, port, _ in
-            let (collaborator, running) = try startCollaborator("collab-1", port: port, status: "ok")
+        // Heartbeats of a second: this test is about retention, and 200 ms heartbeats time out
+        // (and reconnect) under the full parallel suite on two cores.
+        try await withLeader(heartbeat: .seconds(1), configure: configure) { leader, port, _ in
+            let (collaborator, running) = try startCollaborator(
+                "collab-1",
+                port: port,
+                status: "ok",
+                heartbeat: .seconds(1)
+            )
             await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
             let record = try #require(leader.collaborator("collab-1"))
             #expect(record.certificateIdentity == "collab-1")

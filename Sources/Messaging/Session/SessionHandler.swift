@@ -81,6 +81,9 @@ final class SessionHandler: ChannelDuplexHandler {
     private let decoder: FrameDecoder
     /// The start of a frame whose rest has not arrived yet.
     @exclusivity(unchecked) private var inbound: ByteBuffer?
+    /// Bytes read but not decoded because the rate limit ran out in the middle of a read:
+    /// decoded once the buckets are refilled.
+    @exclusivity(unchecked) private var heldInput: ByteBuffer?
     /// Frames written since the last flush, encoded.
     @exclusivity(unchecked) private var batch: ByteBuffer?
     @exclusivity(unchecked) private var batchPromise: EventLoopPromise<Void>?
@@ -142,6 +145,7 @@ final class SessionHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimers()
         self.inbound = nil
+        self.heldInput = nil
         self.batch = nil
         self.batchPromise?.fail(ChannelError.ioOnClosedChannel)
         self.batchPromise = nil
@@ -180,10 +184,27 @@ final class SessionHandler: ChannelDuplexHandler {
         }
         self.lastReceived = .now()
         self.session.lastSeen.store(self.lastReceived.uptimeNanoseconds, ordering: .relaxed)
+        if self.heldInput != nil {
+            // The rate limit holds earlier bytes: these wait behind them.
+            self.heldInput!.writeBuffer(&input)
+            return
+        }
         // First the frame an earlier read left incomplete, copying in only its missing bytes;
         // then whole frames straight from this read, without copying.
         guard self.completePartialFrame(from: &input, context: context) else { return }
+        if self.heldInput != nil {
+            // The frame just completed ran the rate limit out: the rest of this read waits.
+            self.heldInput!.writeBuffer(&input)
+            return
+        }
         self.decodeFrames(from: &input, context: context)
+    }
+
+    /// Decodes what the rate limit held, now that it allows more.
+    private func releaseHeldInput(context: ChannelHandlerContext) {
+        guard var held = self.heldInput else { return }
+        self.heldInput = nil
+        self.decodeFrames(from: &held, context: context)
     }
 
     /// Completes (and handles) the frame an earlier read left incomplete, taking its missing
@@ -249,6 +270,14 @@ final class SessionHandler: ChannelDuplexHandler {
             self.unpublishedFramesReceived += 1
             self.unpublishedBytesReceived += Frame.headerSize + frame.length
             self.receive(frame, context: context)
+            if self.rateLimiter?.isThrottled == true, buffer.readableBytes > 0, self.machine.state != .closed {
+                // Over the rate limit: the rest of this read waits for the refill, so a large
+                // read cannot carry a burst past the limit.
+                var held = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+                held.writeBuffer(&buffer)
+                self.heldInput = held
+                return
+            }
         }
     }
 
@@ -990,9 +1019,12 @@ final class SessionHandler: ChannelDuplexHandler {
                 } else {
                     self.scheduleRateLimitRefill(context: context)
                 }
-            } else if self.readHeld, !self.shouldHoldReads(context: context) {
-                self.readHeld = false
-                context.read()
+            } else {
+                self.releaseHeldInput(context: context)
+                if self.readHeld, !self.shouldHoldReads(context: context) {
+                    self.readHeld = false
+                    context.read()
+                }
             }
         }
     }
