@@ -35,23 +35,10 @@ struct BenchClient: AsyncParsableCommand {
         case echo, bulk, handshake, resume, idle
     }
 
-    @Option(help: "Server address, HOST:PORT.")
-    var connect: String
-
-    @Option(help: "CA certificates (PEM) to verify the server. Required unless --plaintext.")
-    var ca: String?
-
-    @Option(help: "Client certificate chain (PEM), for mutual TLS.")
-    var cert: String?
-
-    @Option(help: "Client private key (PEM), for mutual TLS.")
-    var key: String?
+    @OptionGroup var connection: ClientConnectionOptions
 
     @Option(help: "The name the server's certificate must carry (default: the host).")
     var serverName: String?
-
-    @Flag(help: "Plain TCP instead of TLS.")
-    var plaintext = false
 
     @Option(help: "echo, bulk, handshake, resume or idle.")
     var workload: Workload
@@ -81,10 +68,7 @@ struct BenchClient: AsyncParsableCommand {
     var threads: Int = System.coreCount
 
     func validate() throws {
-        _ = try HostPort(self.connect)
-        guard self.plaintext || self.ca != nil else { throw ValidationError("--ca is required unless --plaintext") }
-        guard (self.cert == nil) == (self.key == nil) else { throw ValidationError("--cert and --key go together") }
-        if self.plaintext, self.workload == .resume {
+        if self.connection.plaintext, self.workload == .resume {
             throw ValidationError("--workload resume needs TLS")
         }
         for (name, value) in [("--connections", self.connections), ("--window", self.window)] {
@@ -101,7 +85,7 @@ struct BenchClient: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let address = try HostPort(self.connect)
+        let address = try self.connection.address
         let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
         let bench = BenchRun(
             host: address.host,
@@ -109,8 +93,8 @@ struct BenchClient: AsyncParsableCommand {
             serverName: self.serverName ?? address.host,
             group: group,
             transport: try self.makeTransport(resumption: self.workload == .resume),
-            tls: !self.plaintext,
-            mtls: !self.plaintext && self.cert != nil,
+            tls: !self.connection.plaintext,
+            mtls: !self.connection.plaintext && self.connection.cert != nil,
             warmup: self.warmup,
             duration: self.duration
         )
@@ -156,23 +140,13 @@ struct BenchClient: AsyncParsableCommand {
         try await group.shutdownGracefully()
     }
 
+    /// TLS 1.3 only, TLS_AES_128_GCM_SHA256 and X25519, as the peer stacks use.
     private func makeTransport(resumption: Bool) throws -> any MessagingTransport {
-        if self.plaintext {
-            return PlainTCPTransport()
-        }
-        var tls = TLSConfiguration.makeClientConfiguration(trustRoots: .file(self.ca!))
-        tls.minimumVersion = .tls13
-        tls.tls13CipherSuites = "TLS_AES_128_GCM_SHA256"
-        tls.groups = "X25519"
-        tls.sessionResumption = resumption
-        if let cert = self.cert, let key = self.key {
-            tls.certificateChain = .file(cert)
-            tls.privateKey = .file(key)
-        }
-        do {
-            return try TLSTransport(configuration: tls)
-        } catch let error as TLSError {
-            throw ValidationError("TLS configuration refused: \(error.reason)")
+        try self.connection.makeTransport { tls in
+            tls.minimumVersion = .tls13
+            tls.tls13CipherSuites = "TLS_AES_128_GCM_SHA256"
+            tls.groups = "X25519"
+            tls.sessionResumption = resumption
         }
     }
 }

@@ -11,20 +11,7 @@ struct BenchPush: AsyncParsableCommand {
         abstract: "Push a fixed amount of DATA at a server and report the rate (one JSON line)."
     )
 
-    @Option(help: "Server address, HOST:PORT.")
-    var connect: String
-
-    @Option(help: "CA certificates (PEM) to verify the server. Required unless --plaintext.")
-    var ca: String?
-
-    @Option(help: "Client certificate chain (PEM), for mutual TLS.")
-    var cert: String?
-
-    @Option(help: "Client private key (PEM), for mutual TLS.")
-    var key: String?
-
-    @Flag(help: "Plain TCP instead of TLS.")
-    var plaintext = false
+    @OptionGroup var connection: ClientConnectionOptions
 
     @Option(help: "Total DATA body bytes to send.")
     var bytes: Int = 1 << 30
@@ -33,25 +20,12 @@ struct BenchPush: AsyncParsableCommand {
     var size: Int = 65_536
 
     func validate() throws {
-        _ = try HostPort(self.connect)
-        guard self.plaintext || self.ca != nil else { throw ValidationError("--ca is required unless --plaintext") }
-        guard (self.cert == nil) == (self.key == nil) else { throw ValidationError("--cert and --key go together") }
         guard self.size > 0, self.bytes > 0 else { throw ValidationError("--bytes and --size must be positive") }
     }
 
     func run() async throws {
-        let address = try HostPort(self.connect)
-        let transport: any MessagingTransport
-        if self.plaintext {
-            transport = PlainTCPTransport()
-        } else {
-            var tls = TLSConfiguration.makeClientConfiguration(trustRoots: .file(self.ca!))
-            if let cert = self.cert, let key = self.key {
-                tls.certificateChain = .file(cert)
-                tls.privateKey = .file(key)
-            }
-            transport = try TLSTransport(configuration: tls)
-        }
+        let address = try self.connection.address
+        let transport = try self.connection.makeTransport()
         let client = try await SecureClient.connect(
             host: address.host,
             port: address.port,
@@ -74,7 +48,7 @@ struct BenchPush: AsyncParsableCommand {
         let megabytes = Double(count * self.size) / 1e6
         await client.close()
         print(
-            #"{"workload":"push","tls":\#(!self.plaintext),"messages":\#(count),"size":\#(self.size),"#
+            #"{"workload":"push","tls":\#(!self.connection.plaintext),"messages":\#(count),"size":\#(self.size),"#
                 + #""duration_s":\#(seconds),"mb_per_s":\#(megabytes / seconds),"slow_downs":\#(client.session.slowDownsReceived)}"#
         )
     }

@@ -70,19 +70,12 @@ struct CollaboratorCommand: AsyncParsableCommand {
 
     func settings() throws -> Settings {
         let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
-        guard let leader = try source.parsed("leader", flag: self.leader, { try HostPort($0) }) else {
-            _ = try source.requiredString("leader", flag: nil)
-            throw ValidationError("leader is required")
-        }
-        let id = try source.parsed("id", flag: self.id) { id in
+        let leader = try source.requiredParsed("leader", flag: self.leader) { try HostPort($0) }
+        let id = try source.requiredParsed("id", flag: self.id) { id in
             guard Hello.isValidNodeID(id) else {
                 throw ValidationError("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -, got \"\(id)\"")
             }
             return id
-        }
-        guard let id else {
-            _ = try source.requiredString("id", flag: nil)
-            throw ValidationError("id is required")
         }
         var settings = Settings(
             leader: leader,

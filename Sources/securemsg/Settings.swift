@@ -90,14 +90,22 @@ struct SettingsSource {
 
     /// A string setting that must be given somewhere.
     func requiredString(_ key: String, flag: String?) throws -> String {
-        guard let (value, origin) = try self.string(key, flag: flag) else {
-            throw ValidationError(
-                "\(key) is required: give --\(Self.flagName(of: key)), \(Self.environmentName(of: key)) "
-                    + "or \"\(key)\" in a config file"
-            )
-        }
+        guard let (value, origin) = try self.string(key, flag: flag) else { throw Self.missing(key) }
         guard !value.isEmpty else { throw ValidationError("\(origin): must not be empty") }
         return value
+    }
+
+    /// A setting that must be given somewhere, checked by `parse`.
+    func requiredParsed<T>(_ key: String, flag: String?, _ parse: (String) throws -> T) throws -> T {
+        guard let value = try self.parsed(key, flag: flag, parse) else { throw Self.missing(key) }
+        return value
+    }
+
+    private static func missing(_ key: String) -> ValidationError {
+        ValidationError(
+            "\(key) is required: give --\(Self.flagName(of: key)), \(Self.environmentName(of: key)) "
+                + "or \"\(key)\" in a config file"
+        )
     }
 
     /// A string setting checked by `parse`, whose error becomes "origin: message".

@@ -65,87 +65,22 @@ public struct FrameEncoder: Sendable {
 }
 
 /// The outbound half of the frame codec as a channel handler.
-///
-/// Frames written between two flushes are encoded into one buffer (large DATA bodies stay
-/// their own buffers, uncopied), so a flush hands the layer below one write for a whole
-/// burst: one `SSL_write` and one system call instead of one per frame.
-public final class FrameEncoderHandler: ChannelOutboundHandler {
+public final class FrameEncoderHandler: ChannelOutboundHandler, Sendable {
     public typealias OutboundIn = Frame
     public typealias OutboundOut = ByteBuffer
 
-    /// The smallest buffer a burst is encoded into.
-    static let batchCapacity = 4096
-
-    private var batch: ByteBuffer?
-    private var batchPromise: EventLoopPromise<Void>?
+    private let encoder = FrameEncoder()
 
     public init() {}
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = Self.unwrapOutboundIn(data)
-        let bodyBytes = frame.body?.readableBytes ?? 0
-        if bodyBytes >= FrameEncoder.copyLimit, let body = frame.body {
-            // The header and topic join the batch; the body follows it as it is.
-            self.append(frame, body: nil, context: context)
-            self.emitBatch(context: context, promise: nil)
-            context.write(Self.wrapOutboundOut(body), promise: promise)
-            return
+        var parts = 0
+        let expected = (frame.body?.readableBytes ?? 0) >= FrameEncoder.copyLimit ? 2 : 1
+        self.encoder.encode(frame, allocator: context.channel.allocator) { buffer in
+            parts += 1
+            // The write's promise completes with its last part.
+            context.write(Self.wrapOutboundOut(buffer), promise: parts == expected ? promise : nil)
         }
-        self.append(frame, body: frame.body, context: context)
-        if let promise {
-            if let combined = self.batchPromise {
-                combined.futureResult.cascade(to: promise)
-            } else {
-                self.batchPromise = promise
-            }
-        }
-    }
-
-    public func flush(context: ChannelHandlerContext) {
-        self.emitBatch(context: context, promise: nil)
-        context.flush()
-    }
-
-    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        // Unflushed frames go down as unflushed writes: the layer below decides their fate.
-        self.emitBatch(context: context, promise: nil)
-        context.close(mode: mode, promise: promise)
-    }
-
-    public func handlerRemoved(context: ChannelHandlerContext) {
-        self.batch = nil
-        self.batchPromise?.fail(ChannelError.ioOnClosedChannel)
-        self.batchPromise = nil
-    }
-
-    private func append(_ frame: Frame, body: ByteBuffer?, context: ChannelHandlerContext) {
-        let size = Frame.headerSize + frame.payload.readableBytes + (body?.readableBytes ?? 0)
-        if self.batch == nil {
-            self.batch = context.channel.allocator.buffer(capacity: max(size, Self.batchCapacity))
-        }
-        FrameEncoder.writeHeader(of: frame, into: &self.batch!)
-        self.batch!.writeImmutableBuffer(frame.payload)
-        if let body {
-            self.batch!.writeImmutableBuffer(body)
-        }
-    }
-
-    /// Writes the batch down (not flushed), completing `promise` or the batch's own with it.
-    private func emitBatch(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
-        guard let batch = self.batch else { return }
-        self.batch = nil
-        var combined = self.batchPromise
-        self.batchPromise = nil
-        if let promise {
-            if let combined {
-                combined.futureResult.cascade(to: promise)
-            } else {
-                combined = promise
-            }
-        }
-        context.write(Self.wrapOutboundOut(batch), promise: combined)
     }
 }
-
-@available(*, unavailable)
-extension FrameEncoderHandler: Sendable {}

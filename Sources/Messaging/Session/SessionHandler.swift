@@ -542,8 +542,8 @@ final class SessionHandler: ChannelDuplexHandler {
 
     // MARK: - Writes from the application (on the event loop)
 
-    /// Encodes `frame` into the batch (a large DATA body follows the batch as its own buffer,
-    /// uncopied); with `flush`, writes the batch out now.
+    /// Encodes a control frame (no DATA: those go through ``writeDataFrame``) into the batch;
+    /// with `flush`, writes the batch out now.
     private func write(
         context: ChannelHandlerContext,
         _ frame: Frame,
@@ -551,32 +551,26 @@ final class SessionHandler: ChannelDuplexHandler {
         promise: EventLoopPromise<Void>? = nil
     ) {
         var frame = frame
-        let bodyBytes = frame.body?.readableBytes ?? 0
+        let size = Frame.headerSize + frame.payload.readableBytes
         self.unpublishedFramesSent += 1
-        self.unpublishedBytesSent += Frame.headerSize + frame.payload.readableBytes + bodyBytes
-        self.startBatch(context: context, size: Frame.headerSize + frame.payload.readableBytes + bodyBytes)
+        self.unpublishedBytesSent += size
+        self.startBatch(context: context, size: size)
         frame.timestamp = self.batchTimestamp
-        if bodyBytes >= FrameEncoder.copyLimit, let body = frame.body {
-            FrameEncoder.writeHeader(of: frame, into: &self.batch!)
-            self.batch!.writeImmutableBuffer(frame.payload)
-            self.emitBatch(context: context)
-            context.write(Self.wrapOutboundOut(body), promise: promise)
-        } else {
-            FrameEncoder.writeHeader(of: frame, into: &self.batch!)
-            self.batch!.writeImmutableBuffer(frame.payload)
-            if let body = frame.body {
-                self.batch!.writeImmutableBuffer(body)
-            }
-            if let promise {
-                if let combined = self.batchPromise {
-                    combined.futureResult.cascade(to: promise)
-                } else {
-                    self.batchPromise = promise
-                }
-            }
-        }
+        FrameEncoder.writeHeader(of: frame, into: &self.batch!)
+        self.batch!.writeImmutableBuffer(frame.payload)
+        self.joinBatch(promise)
         if flush {
             self.flushNow(context: context)
+        }
+    }
+
+    /// Completes `promise` when the batch is written.
+    private func joinBatch(_ promise: EventLoopPromise<Void>?) {
+        guard let promise else { return }
+        if let combined = self.batchPromise {
+            combined.futureResult.cascade(to: promise)
+        } else {
+            self.batchPromise = promise
         }
     }
 
@@ -623,13 +617,7 @@ final class SessionHandler: ChannelDuplexHandler {
             return
         }
         self.batch!.writeImmutableBuffer(body)
-        if let promise {
-            if let combined = self.batchPromise {
-                combined.futureResult.cascade(to: promise)
-            } else {
-                self.batchPromise = promise
-            }
-        }
+        self.joinBatch(promise)
     }
 
     /// Hands the encoded batch to the layer below (not flushed).
