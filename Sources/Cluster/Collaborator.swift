@@ -133,6 +133,13 @@ public final class Collaborator: Service, Sendable {
         try await self.client.send(topic: topic, body: body, ackRequested: ackRequested)
     }
 
+    /// Sends DATA to the leader and returns once the leader's application took it (its ACK
+    /// came), repeating it across reconnects until then; throws if the collaborator leaves
+    /// first. See `ReconnectingClient.sendAcknowledged(topic:body:)`.
+    public func sendAcknowledged(topic: String, body: ByteBuffer) async throws {
+        try await self.client.sendAcknowledged(topic: topic, body: body)
+    }
+
     /// Sends a REQUEST to the leader and waits for the RESPONSE.
     public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
         try await self.client.request(topic: topic, body: body, timeout: timeout)

@@ -97,6 +97,9 @@ public final class Leader: Service, Sendable {
         return self.state.withLockedValue { $0.records.values.sorted { $0.nodeID < $1.nodeID } }
     }
 
+    /// The sessions open now (collaborators, and connections still saying HELLO or closing).
+    public var sessionCount: Int { self.server.activeSessionCount }
+
     /// The record of one collaborator.
     public func collaborator(_ nodeID: String) -> CollaboratorRecord? {
         self.refresh()
@@ -158,8 +161,6 @@ public final class Leader: Service, Sendable {
         try await self.server.run()
     }
 
-    /// Says GOODBYE to every collaborator (GOING_AWAY to those that do not answer within the
-    /// drain timeout) and makes ``run()`` return once they are all gone.
     /// Reloads the TLS certificate, key, trust roots and CRLs from disk for new connections;
     /// see `SecureMessagingServer.reloadTLS()`.
     @discardableResult
@@ -167,6 +168,8 @@ public final class Leader: Service, Sendable {
         try self.server.reloadTLS()
     }
 
+    /// Says GOODBYE to every collaborator (GOING_AWAY to those that do not answer within the
+    /// drain timeout) and makes ``run()`` return once they are all gone.
     public func shutdown() {
         self.server.shutdown()
     }
@@ -211,8 +214,11 @@ public final class Leader: Service, Sendable {
             self.eventContinuation.yield(.left(nodeID: nodeID, reason: .replaced))
         }
         self.eventContinuation.yield(.joined(record))
-        session.onPeerStatus { [weak self] blob in
-            self?.statusReceived(nodeID: nodeID, session: session, status: String(buffer: blob))
+        // Weak: the session keeps its listener, so a strong reference would keep the session
+        // (and its channel) alive forever after it closed.
+        session.onPeerStatus { [weak self, weak session] blob in
+            guard let self, let session else { return }
+            self.statusReceived(nodeID: nodeID, session: session, status: String(buffer: blob))
         }
 
         var reason = LeaveReason.graceful

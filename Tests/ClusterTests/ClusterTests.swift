@@ -314,4 +314,38 @@ struct LeaderRecordTests {
             await eventually("removed after the retention time") { leader.collaborator("collab-1") == nil }
         }
     }
+
+    @Test("the leader's session of a collaborator that left is freed, with its channel")
+    func leaderSessionsAreFreed() async throws {
+        let seen = NIOLockedValueBox<(session: Session?, channel: (any Channel)?)>((nil, nil))
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+            leader.on(topic: "hello") { _, session in
+                seen.withLockedValue { $0 = (session, session.channel) }
+            }
+            weak var weakSession: Session?
+            weak var weakChannel: (any Channel)?
+            do {
+                let (collaborator, running) = try startCollaborator(
+                    "collab-2",
+                    port: port,
+                    status: "ok",
+                    heartbeat: .seconds(1)
+                )
+                // A status change: the leader's status listener on the session is in use.
+                collaborator.setStatus("busy")
+                try await collaborator.sendAcknowledged(topic: "hello", body: ByteBuffer(string: "hi"))
+                await eventually("the status") { leader.collaborator("collab-2")?.status == "busy" }
+                (weakSession, weakChannel) = seen.withLockedValue { seen in
+                    defer { seen = (nil, nil) }
+                    return seen
+                }
+                #expect(weakSession != nil)
+                await collaborator.leave()
+                try await running.value
+            }
+            await eventually("gone") { leader.collaborator("collab-2")?.state == .gone }
+            await eventually("the leader's session and channel are freed") { weakSession == nil && weakChannel == nil }
+            #expect(leader.sessionCount == 0)
+        }
+    }
 }

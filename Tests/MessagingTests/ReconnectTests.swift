@@ -267,4 +267,83 @@ struct ReconnectTests {
         server.shutdown()
         try await running.value
     }
+
+    @Test("sendAcknowledged returns once the server's application took the message, across a cut; close fails a wait")
+    func sendAcknowledged() async throws {
+        let capture = SessionCapture()
+        let received = NIOLockedValueBox<[String]>([])
+        let handler: SecureMessagingServer.Handler = { session in
+            capture.add(session)
+            guard capture.all.count > 1 else {
+                // The first connection never takes anything: no ACK can come from it.
+                await session.waitUntilClosed()
+                return
+            }
+            // Takes one message, then nothing more.
+            var messages = session.messages.makeAsyncIterator()
+            if let message = try await messages.next() {
+                received.withLockedValue { $0.append(String(buffer: message.body)) }
+            }
+            await session.waitUntilClosed()
+        }
+        try await withServer(.plaintext, handler: handler) { _, port in
+            let client = ReconnectingClient(
+                host: "127.0.0.1",
+                port: port,
+                transport: PlainTCPTransport(),
+                configuration: ClientConfiguration(nodeID: "acked"),
+                policy: ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+            )
+            let done = NIOLockedValueBox(false)
+            let first = Task {
+                try await client.sendAcknowledged(topic: "t", body: ByteBuffer(string: "one"))
+                done.withLockedValue { $0 = true }
+            }
+            await eventually("the first session") { capture.all.first?.queuedMessageCount == 1 }
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(!done.withLockedValue { $0 }, "no ACK while the server's application has not taken it")
+            #expect(client.unacknowledgedCount == 1)
+
+            // The server drops the connection: the client reconnects and sends it again.
+            try await capture.all[0].channel.close()
+            try await first.value
+            #expect(received.withLockedValue { $0 } == ["one"])
+            #expect(capture.all.count == 2)
+            #expect(client.unacknowledgedCount == 0)
+
+            // The server takes nothing more: the wait ends only with close(), as a failure.
+            let second = Task { try await client.sendAcknowledged(topic: "t", body: ByteBuffer(string: "two")) }
+            await eventually("the second message queued") { capture.all[1].queuedMessageCount == 1 }
+            await client.close()
+            do {
+                try await second.value
+                Issue.record("expected the closed client to fail the wait")
+            } catch let error as MessagingError {
+                #expect(error.code == .shuttingDown)
+            }
+        }
+    }
+
+    @Test("close() during a connection attempt that hangs (a black hole) returns at once")
+    func closeDuringHangingAttempt() async throws {
+        try await withServer(.plaintext) { _, port in
+            let proxy = try await FaultProxy.start(targetPort: port)
+            proxy.setPaused(true)
+            // The server's HELLO never comes: only the 30 s HELLO timeout would end the attempt.
+            var configuration = ClientConfiguration(nodeID: "hangs")
+            configuration.session.helloTimeout = .seconds(30)
+            let client = ReconnectingClient(
+                host: "127.0.0.1",
+                port: proxy.port,
+                transport: PlainTCPTransport(),
+                configuration: configuration
+            )
+            await eventually("the attempt reached the proxy") { proxy.openChannelCount >= 1 }
+            let closing = ContinuousClock.now
+            await client.close()
+            // Generous for a loaded machine; without cancellation it is the full 30 s.
+            #expect(ContinuousClock.now - closing < .seconds(10), "close() waited for the attempt's timeout")
+            await proxy.close()
+        }
+    }
 }

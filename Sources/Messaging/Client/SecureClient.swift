@@ -35,7 +35,8 @@ public final class SecureClient: Sendable {
     ///   - receiver: makes a ``MessageReceiver`` that takes the session's messages on its
     ///     event loop instead of ``messages``.
     /// - Throws: ``MessagingError`` with ``MessagingError/Code/connectFailed`` and the reason
-    ///   (TCP, TLS or HELLO) when the session does not open.
+    ///   (TCP, TLS or HELLO) when the session does not open; `CancellationError` when the task
+    ///   is cancelled while the TLS handshake or HELLO is under way (the connection is closed).
     public static func connect(
         host: String,
         port: Int,
@@ -95,8 +96,15 @@ public final class SecureClient: Sendable {
             throw MessagingError(.connectFailed, "cannot connect to \(host):\(port): \(error)")
         }
         do {
-            try await session.waitUntilOpen()
+            try await withTaskCancellationHandler {
+                try await session.waitUntilOpen()
+            } onCancel: {
+                // Cancelling the caller abandons the attempt: the TLS handshake and HELLO (which a
+                // silent peer could drag out to their timeouts) are not waited for.
+                session.channel.close(promise: nil)
+            }
         } catch let error as MessagingError {
+            if Task.isCancelled { throw CancellationError() }
             throw MessagingError(.connectFailed, error.reason, errorCode: error.errorCode)
         }
         return SecureClient(session: session)

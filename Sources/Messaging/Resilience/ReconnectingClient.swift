@@ -75,6 +75,8 @@ public final class ReconnectingClient: Sendable {
         var stopReason: MessagingError?
         /// Messages sent with ACK requested and not yet ACKed, by local number.
         var unacked: [UInt64: (topic: String, body: ByteBuffer)] = [:]
+        /// Callers of `sendAcknowledged` waiting for the ACK, by local number.
+        var ackWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var nextLocal: UInt64 = 0
     }
 
@@ -139,20 +141,63 @@ public final class ReconnectingClient: Sendable {
             try await session.send(topic: topic, body: body)
             return
         }
-        let local: UInt64 = try self.state.withLockedValue { state in
+        _ = try await self.sendKept(topic: topic, body: body)
+    }
+
+    /// Sends a message with ACK requested, like `send(topic:body:ackRequested:)`, and returns
+    /// once the server has acknowledged it (its application took it), however many reconnects
+    /// that takes.
+    ///
+    /// Throws when the client closes or gives up first; the message may or may not have
+    /// arrived then. Cancelling the wait leaves the message to be repeated until ACKed.
+    public func sendAcknowledged(topic: String, body: ByteBuffer) async throws {
+        let local = try await self.sendKept(topic: topic, body: body)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = self.state.withLockedValue { state in
+                    if state.unacked[local] == nil { return .success(()) }
+                    if state.stopped {
+                        return .failure(state.stopReason ?? MessagingError(.shuttingDown, "the client is closed"))
+                    }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.ackWaiters[local] = continuation
+                    return nil
+                }
+                if let now {
+                    continuation.resume(with: now)
+                }
+            }
+        } onCancel: {
+            let waiter = self.state.withLockedValue { $0.ackWaiters.removeValue(forKey: local) }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Keeps the message until it is ACKed and sends it on the current connection (or the
+    /// next); returns its local number.
+    private func sendKept(topic: String, body: ByteBuffer) async throws -> UInt64 {
+        // Waits for a connection as the disconnected-send policy says; the message is then kept
+        // and sent in one step with the connection open at that moment, or, if none is open,
+        // left to the next one (which sends every kept message first): never both, never neither.
+        _ = try await self.sessionForSending()
+        let (local, target): (UInt64, (Session, AckTracker)?) = try self.state.withLockedValue { state in
             if state.stopped { throw state.stopReason ?? MessagingError(.shuttingDown, "the client is closed") }
             state.nextLocal += 1
             state.unacked[state.nextLocal] = (topic, body)
-            return state.nextLocal
+            return (state.nextLocal, state.session.map { ($0, state.tracker) })
         }
-        let session = try await self.sessionForSending()
-        let tracker = self.state.withLockedValue { $0.session === session ? $0.tracker : AckTracker() }
-        do {
-            try await self.sendTracked(local: local, topic: topic, body: body, on: session, tracker: tracker)
-        } catch {
-            // Kept in `unacked`: the next connection sends it again.
-            self.logger.debug("acknowledged send interrupted; it will be repeated", metadata: ["error": "\(error)"])
+        if let (session, tracker) = target {
+            do {
+                try await self.sendTracked(local: local, topic: topic, body: body, on: session, tracker: tracker)
+            } catch {
+                // Kept in `unacked`: the next connection sends it again.
+                self.logger.debug(
+                    "acknowledged send interrupted; it will be repeated",
+                    metadata: ["error": "\(error)"]
+                )
+            }
         }
+        return local
     }
 
     /// Sends a REQUEST on the current connection (waiting for one if needed) and waits for the
@@ -164,15 +209,7 @@ public final class ReconnectingClient: Sendable {
 
     /// Stops reconnecting, closes the session gracefully and ends ``events`` and ``messages``.
     public func close() async {
-        let (session, waiters) = self.state.withLockedValue { state in
-            state.stopped = true
-            state.stopReason = MessagingError(.shuttingDown, "the client is closed")
-            defer { state.waiters.removeAll() }
-            return (state.session, Array(state.waiters.values))
-        }
-        for waiter in waiters {
-            waiter.resume(throwing: MessagingError(.shuttingDown, "the client is closed"))
-        }
+        let session = self.stop(MessagingError(.shuttingDown, "the client is closed"))
         self.wakeReaders(with: nil)
         let task = self.runner.withLockedValue { $0 }
         task?.cancel()
@@ -305,12 +342,38 @@ public final class ReconnectingClient: Sendable {
         }
     }
 
+    /// Stops the client for `reason`: sends waiting for a connection, and callers waiting for
+    /// an ACK, fail with it. Returns the session open now.
+    @discardableResult
+    private func stop(_ reason: MessagingError) -> Session? {
+        let (session, waiters, ackWaiters) = self.state.withLockedValue { state in
+            state.stopped = true
+            state.stopReason = reason
+            defer {
+                state.waiters.removeAll()
+                state.ackWaiters.removeAll()
+            }
+            return (state.session, Array(state.waiters.values), Array(state.ackWaiters.values))
+        }
+        for waiter in waiters {
+            waiter.resume(throwing: reason)
+        }
+        for waiter in ackWaiters {
+            waiter.resume(throwing: reason)
+        }
+        return session
+    }
+
     /// Runs one session until it ends; returns why it ended (`nil`: we closed it).
     private func serve(_ session: Session) async -> MessagingError? {
         let tracker = AckTracker()
         session.onAck { [weak self] id in
             guard let local = tracker.inFlight.withLockedValue({ $0.removeValue(forKey: id) }) else { return }
-            _ = self?.state.withLockedValue { $0.unacked.removeValue(forKey: local) }
+            let waiter = self?.state.withLockedValue { state in
+                state.unacked.removeValue(forKey: local)
+                return state.ackWaiters.removeValue(forKey: local)
+            }
+            waiter?.resume()
         }
         let (waiters, pending, stopped):
             ([CheckedContinuation<Session, any Error>], [(UInt64, String, ByteBuffer)], Bool) =
@@ -358,15 +421,7 @@ public final class ReconnectingClient: Sendable {
     }
 
     private func giveUp(_ reason: MessagingError, last: MessagingError?) {
-        let waiters = self.state.withLockedValue { state in
-            state.stopped = true
-            state.stopReason = reason
-            defer { state.waiters.removeAll() }
-            return Array(state.waiters.values)
-        }
-        for waiter in waiters {
-            waiter.resume(throwing: reason)
-        }
+        self.stop(reason)
         self.eventContinuation.yield(.gaveUp(last))
         self.eventContinuation.finish()
         self.wakeReaders(with: nil)

@@ -268,7 +268,8 @@ public final class Session: Sendable {
     /// The status blob of the peer's latest PING that carried one.
     public var peerStatus: ByteBuffer? { self.state.withLockedValue { $0.peerStatus } }
 
-    /// Called with each status blob the peer's PINGs carry (on the event loop).
+    /// Called with each status blob the peer's PINGs carry (on the event loop), until the
+    /// session closes; then the listener is released.
     public func onPeerStatus(_ listener: @escaping @Sendable (ByteBuffer) -> Void) {
         self.state.withLockedValue { $0.peerStatusListener = listener }
     }
@@ -320,6 +321,9 @@ public final class Session: Sendable {
                 $0.closeReason = failure
             }
             $0.lifecycle = .closed
+            // Nothing more can be heard; the listeners (which may refer to this session) go.
+            $0.peerStatusListener = nil
+            $0.ackListener = nil
         }
         self.inbound.finish(error: failure)
         self.openPromise.fail(failure ?? MessagingError(.connectionClosed, "the connection closed before HELLO"))
