@@ -198,8 +198,8 @@ func progress(_ line: String) {
 final class LineProcess: Sendable {
     private let process: Process
     private let input: Pipe
-    private let output: Pipe
-    private let onLine: @Sendable (Substring) -> Void
+    /// Set by the reader thread once stdout ended and every line was handled.
+    private let outputEnded = NIOLockedValueBox(false)
 
     init(_ arguments: [String], onLine: @escaping @Sendable (Substring) -> Void) throws {
         let process = Process()
@@ -211,29 +211,30 @@ final class LineProcess: Sendable {
         let output = Pipe()
         process.standardInput = input
         process.standardOutput = output
-        let partial = NIOLockedValueBox(Data())
-        output.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            guard !data.isEmpty else {
-                handle.readabilityHandler = nil
-                return
-            }
-            let lines: [Substring] = partial.withLockedValue { buffer in
-                buffer.append(data)
-                guard let last = buffer.lastIndex(of: UInt8(ascii: "\n")) else { return [] }
-                let complete = String(decoding: buffer[..<last], as: UTF8.self)
-                buffer.removeSubrange(...last)
-                return complete.split(separator: "\n")
-            }
-            for line in lines {
-                onLine(line)
-            }
-        }
         try process.run()
         self.process = process
         self.input = input
-        self.output = output
-        self.onLine = onLine
+        // One thread reads stdout to its end: lines arrive whole and in order.
+        let ended = self.outputEnded
+        Thread {
+            let reader = output.fileHandleForReading
+            var pending = Data()
+            while true {
+                let data = reader.availableData
+                if data.isEmpty { break }
+                pending.append(data)
+                guard let last = pending.lastIndex(of: UInt8(ascii: "\n")) else { continue }
+                for line in String(decoding: pending[..<last], as: UTF8.self).split(separator: "\n") {
+                    onLine(line)
+                }
+                pending.removeSubrange(...last)
+            }
+            if !pending.isEmpty {
+                onLine(Substring(String(decoding: pending, as: UTF8.self)))
+            }
+            try? reader.close()
+            ended.withLockedValue { $0 = true }
+        }.start()
     }
 
     var pid: Int32 { self.process.processIdentifier }
@@ -256,8 +257,8 @@ final class LineProcess: Sendable {
         case killed
     }
 
-    /// Waits for the process to exit (killing it after `limit`), reads what it still wrote and
-    /// closes the pipes.
+    /// Waits for the process to exit (killing it after `limit`) and for its last lines to be
+    /// handled.
     func exit(within limit: Duration) async -> Exit {
         let deadline = ContinuousClock.now + limit
         while self.process.isRunning, ContinuousClock.now < deadline {
@@ -269,12 +270,11 @@ final class LineProcess: Sendable {
         }
         self.process.waitUntilExit()
         self.closeInput()
-        let reader = self.output.fileHandleForReading
-        reader.readabilityHandler = nil
-        for line in String(decoding: reader.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n") {
-            self.onLine(line)
+        // Its stdout ends with it (nothing else holds the pipe); 10 s is a generous bound.
+        let readDeadline = ContinuousClock.now + .seconds(10)
+        while !self.outputEnded.withLockedValue({ $0 }), ContinuousClock.now < readDeadline {
+            try? await Task.sleep(for: .milliseconds(10))
         }
-        try? reader.close()
         if killed { return .killed }
         return self.process.terminationReason == .exit && self.process.terminationStatus == 0 ? .clean : .failed
     }
