@@ -38,6 +38,25 @@ struct EchoTests {
         }
     }
 
+    @Test("a side whose peer PINGs more often still PINGs and measures the round trip")
+    func bothSidesMeasureRoundTrip() async throws {
+        let capture = SessionCapture()
+        let configuration = serverConfiguration { $0.session.heartbeatInterval = .milliseconds(300) }
+        let handler: SecureMessagingServer.Handler = { session in
+            capture.add(session)
+            await session.waitUntilClosed()
+        }
+        try await withServer(.plaintext, configuration: configuration, handler: handler) { _, port in
+            // The client PINGs every 100 ms; the server answers each with a PONG. Those PONGs
+            // must not count as the server's own heartbeat, or it would never PING.
+            let client = try await connect(.plaintext, port: port) { $0.session.heartbeatInterval = .milliseconds(100) }
+            await eventually("both sides measured a round trip", timeout: .seconds(3)) {
+                client.session.lastRoundTrip != nil && capture.all.first?.lastRoundTrip != nil
+            }
+            await client.close()
+        }
+    }
+
     @Test("1,000 pipelined messages arrive in order", arguments: TransportKind.allCases)
     func pipelined(kind: TransportKind) async throws {
         try await withServer(kind) { _, port in

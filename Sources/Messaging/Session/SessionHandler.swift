@@ -299,7 +299,12 @@ final class SessionHandler: ChannelDuplexHandler {
             if frame.payload.readableBytes > 0 {
                 self.session.recordPeerStatus(frame.payload)
             }
+            // A PONG answers the peer's heartbeat and does not stand in for ours: when the peer's
+            // interval is the shorter (or equal, and its timer fires first), this side would
+            // otherwise never PING, and never measure the round trip.
+            let sentBefore = self.lastSent
             self.write(context: context, Frame(type: .pong, id: id), flush: false)
+            self.lastSent = sentBefore
             self.scheduleFlush(context: context)
         case .pong(let id):
             self.session.recordPong(id: id)
