@@ -151,21 +151,6 @@ struct BenchClient: AsyncParsableCommand {
     }
 }
 
-/// Blocks a thread of its own until stdin reaches its end.
-private func waitForEndOfInput() async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let thread = NIOThreadPool(numberOfThreads: 1)
-        thread.start()
-        thread.submit { _ in
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while read(0, &buffer, buffer.count) > 0 {}
-            continuation.resume()
-        }
-        // The pool's thread exits once it is shut down after the job.
-        thread.shutdownGracefully { _ in }
-    }
-}
-
 /// Monotonic nanoseconds.
 @inline(__always)
 func benchNanos() -> UInt64 {

@@ -149,11 +149,7 @@ private func step(_ title: String) {
 
 /// Polls `condition` every 20 ms for up to 10 s.
 private func waitFor(_ what: String, _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            throw ValidationError("demo: timed out waiting for \(what)")
-        }
-        try await Task.sleep(for: .milliseconds(20))
+    guard await poll(seconds: 10, every: .milliseconds(20), condition) else {
+        throw ValidationError("demo: timed out waiting for \(what)")
     }
 }

@@ -91,7 +91,7 @@ struct Soak: AsyncParsableCommand {
             ],
             onLine: ledger.leaderLine
         )
-        guard await Self.waitFor(seconds: 30, { ledger.leaderPort != nil }), let port = ledger.leaderPort else {
+        guard await poll(seconds: 30, { ledger.leaderPort != nil }), let port = ledger.leaderPort else {
             leader.kill(SIGKILL)
             throw ValidationError("soak: the leader did not start")
         }
@@ -137,7 +137,7 @@ struct Soak: AsyncParsableCommand {
 
         // Stop: the swarms leave gracefully; then the leader must drop back to nothing.
         let stragglers = try await fleet.stopAll()
-        let drained = await Self.waitFor(seconds: 30) {
+        let drained = await poll(seconds: 30) {
             ledger.leaderState == LeaderState(sessions: 0, active: 0, records: 0)
         }
         try await Task.sleep(for: .seconds(1))
@@ -174,16 +174,6 @@ struct Soak: AsyncParsableCommand {
     private func randomChaosDelay(_ random: inout SplitMix64) -> Duration {
         let base = self.chaosInterval * 1000
         return .milliseconds(Int.random(in: base / 2...base * 3 / 2, using: &random))
-    }
-
-    /// Polls `condition` every 100 ms for up to `seconds`.
-    static func waitFor(seconds: Int, _ condition: () -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while ContinuousClock.now < deadline {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-        return condition()
     }
 }
 

@@ -45,11 +45,10 @@ struct SoakSwarm: AsyncParsableCommand {
     func run() async throws {
         let swarm = SwarmState()
         // The orchestrator closes stdin to stop the swarm (and stdin ends if it dies).
-        let stdinWatcher = Thread {
-            while !FileHandle.standardInput.availableData.isEmpty {}
+        Task {
+            await waitForEndOfInput()
             swarm.stop()
         }
-        stdinWatcher.start()
         let transports = try (0..<self.count).map { offset in
             let name = "soak-\(self.first + offset)"
             return try TLSTransport(
@@ -282,11 +281,10 @@ struct SoakLeader: AsyncParsableCommand {
         }
         output.line("port \(try await leader.listeningAddress().port!)")
         let stop = NIOLockedValueBox(false)
-        let stdinWatcher = Thread {
-            while !FileHandle.standardInput.availableData.isEmpty {}
+        Task {
+            await waitForEndOfInput()
             stop.withLockedValue { $0 = true }
         }
-        stdinWatcher.start()
 
         var random = SplitMix64(seed: self.seed)
         var requests = (answered: 0, wrong: 0, failed: 0)
