@@ -335,11 +335,18 @@ struct LeaderRecordTests {
                 collaborator.setStatus("busy")
                 try await collaborator.sendAcknowledged(topic: "hello", body: ByteBuffer(string: "hi"))
                 await eventually("the status") { leader.collaborator("collab-2")?.status == "busy" }
-                (weakSession, weakChannel) = seen.withLockedValue { seen in
+                // The ACK goes out when the leader takes the message, before its handler runs.
+                await eventually("the handler ran") { seen.withLockedValue { $0.session != nil } }
+                let (session, channel) = seen.withLockedValue { seen in
                     defer { seen = (nil, nil) }
                     return seen
                 }
-                #expect(weakSession != nil)
+                // Checked while still held: had the connection been replaced under load, the old
+                // session could be gone by the time a weak reference is read.
+                let heldSession: Session = try #require(session, "the leader's handler saw the session")
+                let heldChannel: any Channel = try #require(channel)
+                weakSession = heldSession
+                weakChannel = heldChannel
                 await collaborator.leave()
                 try await running.value
             }
