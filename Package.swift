@@ -92,6 +92,8 @@ let package = Package(
             dependencies: [
                 "Messaging",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Fuzz/smsg-fuzz"
         ),

@@ -1,68 +1,104 @@
+import Logging
 import NIOCore
+import NIOEmbedded
 
 @testable import Messaging
 
-/// What the fuzzer drives: bytes from a peer, as a server session receives them. The bytes
-/// go through the frame decoder in pieces (the first byte picks the piece size, so split
-/// frames are covered too); every frame the decoder accepts goes to a server-side session
-/// state machine, and is encoded again to check that it reads back the same. Any trap or
-/// sanitizer report is a bug; a thrown protocol violation is the expected answer to garbage.
+/// What the fuzzer drives: bytes from a peer, as a server session receives them, through the
+/// production path — the ``FrameAssembler`` and ``SessionStateMachine`` inside the real
+/// ``SessionHandler`` on an `EmbeddedChannel`, with a receiver that answers every request and
+/// echoes every message. The bytes arrive in pieces (the first input byte picks the piece
+/// size, so split frames are covered too). Everything the handler writes back must assemble
+/// into valid frames, and every frame the assembler accepts must encode back to itself. Any
+/// trap or sanitizer report is a bug; a protocol violation is the expected answer to garbage.
 enum FuzzTarget {
-    static let hello = Hello(nodeID: "server", role: "server", heartbeatMilliseconds: 5000, sessionID: "s-1")
+    static let configuration: SessionConfiguration = {
+        var configuration = SessionConfiguration()
+        configuration.maxFrame = Frame.minimumMaxFrame
+        configuration.flowControl.highWatermarkMessages = 8
+        configuration.flowControl.lowWatermarkMessages = 2
+        return configuration
+    }()
+    static let hello = configuration.makeHello(nodeID: "server", role: "server", metadata: [:], sessionID: "s-1")
+    static let logger = Logger(label: "smsg.fuzz", factory: { _ in SwiftLogNoOpLogHandler() })
 
     static func run(_ input: UnsafeRawBufferPointer) {
         guard let first = input.first else { return }
         let pieceSize = Int(first % 64) + 1
-        let bytes = input.dropFirst()
-        var machine = SessionStateMachine(
-            configuration: .init(
-                role: .server,
-                hello: Self.hello,
-                heartbeatInterval: .seconds(5),
-                maxFrame: Frame.minimumMaxFrame,
-                requiredIdentity: nil
-            )
+        let bytes = ByteBuffer(bytes: input.dropFirst())
+        Self.checkRoundTrips(bytes)
+        Self.driveHandler(bytes, pieceSize: pieceSize, receiver: first & 0x40 == 0)
+    }
+
+    /// Feeds the bytes to a server session handler and checks what it writes back.
+    static func driveHandler(_ bytes: ByteBuffer, pieceSize: Int, receiver: Bool) {
+        let channel = EmbeddedChannel()
+        let session = Session(channel: channel, sessionID: "s-1", configuration: Self.configuration)
+        let handler = SessionHandler(
+            role: .server,
+            hello: Self.hello,
+            configuration: Self.configuration,
+            session: session,
+            waitsForReadyEvent: false,
+            receiver: receiver ? Echo() : nil,
+            logger: Self.logger
         )
-        _ = machine.transportReady()
-        let decoder = FrameDecoder(maxFrame: Frame.minimumMaxFrame)
-        var buffer = ByteBuffer()
-        var offset = bytes.startIndex
-        while offset < bytes.endIndex {
-            let end = min(offset + pieceSize, bytes.endIndex)
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[offset..<end]))
-            offset = end
-            while true {
-                let frame: Frame?
-                do {
-                    frame = try decoder.decodeFrame(&buffer)
-                } catch {
-                    return
-                }
-                guard let frame else {
-                    if let header = FrameDecoder.pendingHeader(buffer), machine.checkPendingHeader(header) != nil {
-                        return
-                    }
-                    break
-                }
-                Self.checkRoundTrip(frame)
-                switch machine.receive(frame) {
-                case .fail, .peerFailed, .goodbyeComplete:
-                    return
-                default:
-                    break
-                }
+        session.attach(handler)
+        try! channel.pipeline.syncOperations.addHandler(handler)
+        _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        var output = FrameAssembler(maxFrame: Int(UInt32.max))
+        var rest = bytes
+        while rest.readableBytes > 0, channel.isActive {
+            let piece = rest.readSlice(length: min(pieceSize, rest.readableBytes))!
+            _ = try? channel.writeInbound(piece)
+            Self.checkOutput(channel, &output)
+        }
+        // Time passes: heartbeats, the hello timeout, the drain and the ERROR linger fire.
+        for _ in 0..<4 where channel.isActive {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+            Self.checkOutput(channel, &output)
+        }
+        _ = try? channel.finish()
+    }
+
+    /// Everything the handler wrote is a sequence of valid frames.
+    static func checkOutput(_ channel: EmbeddedChannel, _ output: inout FrameAssembler) {
+        while let written = try? channel.readOutbound(as: ByteBuffer.self) {
+            output.append(written)
+        }
+        while true {
+            do {
+                guard case .frame = try output.next() else { return }
+            } catch {
+                preconditionFailure("the session wrote a frame that does not assemble: \(error)")
             }
         }
     }
 
-    /// A frame the decoder accepted encodes back to bytes that decode to the same frame.
-    static func checkRoundTrip(_ frame: Frame) {
-        var encoded = ByteBuffer()
-        FrameEncoder().encode(frame, allocator: ByteBufferAllocator()) { part in
-            var part = part
-            encoded.writeBuffer(&part)
+    /// Every frame the assembler accepts encodes back to bytes that assemble to the same frame.
+    static func checkRoundTrips(_ bytes: ByteBuffer) {
+        var assembler = FrameAssembler(maxFrame: Frame.minimumMaxFrame)
+        assembler.append(bytes)
+        while case .frame(let frame)? = try? assembler.next() {
+            var encoded = ByteBuffer()
+            FrameEncoder().encode(frame, allocator: ByteBufferAllocator()) { part in
+                var part = part
+                encoded.writeBuffer(&part)
+            }
+            var again = FrameAssembler(maxFrame: Frame.minimumMaxFrame)
+            again.append(encoded)
+            precondition((try? again.next()) == .frame(frame), "a decoded frame did not survive encoding")
         }
-        let again = try? FrameDecoder(maxFrame: Frame.minimumMaxFrame).decodeFrame(&encoded)
-        precondition(again == frame, "a decoded frame did not survive encoding")
+    }
+}
+
+/// Answers every REQUEST and echoes every other message, on the event loop.
+final class Echo: MessageReceiver {
+    func received(_ message: Message, session: LoopSession) {
+        if message.isRequest {
+            session.respond(to: message, body: message.body)
+        } else if !message.isResponse {
+            session.send(topic: message.topic, body: message.body)
+        }
     }
 }

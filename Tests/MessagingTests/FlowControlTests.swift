@@ -133,77 +133,8 @@ struct FlowControlTests {
         }
     }
 
-    @Test("a rate-limited session receives about N per second")
-    func rateLimit() async throws {
-        let rate = 200.0
-        let counted = NIOLockedValueBox(0)
-        let configuration = serverConfiguration {
-            $0.session.flowControl.rateLimit = RateLimit(messagesPerSecond: rate, gracePeriod: .seconds(30))
-        }
-        let handler: SecureMessagingServer.Handler = { session in
-            for try await _ in session.messages {
-                counted.withLockedValue { $0 += 1 }
-            }
-        }
-        try await withServer(.plaintext, configuration: configuration, handler: handler) { _, port in
-            let client = try await connect(.plaintext, port: port)
-            let sent = NIOLockedValueBox(0)
-            let started = ContinuousClock.now
-            let sender = Task {
-                while !Task.isCancelled {
-                    try await client.send(topic: "r", body: ByteBuffer(string: "x"))
-                    sent.withLockedValue { $0 += 1 }
-                }
-            }
-            try await Task.sleep(for: .seconds(3))
-            let count = counted.withLockedValue { $0 }
-            let elapsed = Double((ContinuousClock.now - started).components.seconds) + 0.5
-            sender.cancel()
-            // The limit holds: at most one second's burst plus the rate over the time elapsed.
-            #expect(Double(count) <= rate * (elapsed + 1) + 20, "\(count) in \(elapsed) s")
-            // And the session was not starved: at least the burst, or all that was sent.
-            #expect(count >= min(sent.withLockedValue { $0 } - 50, Int(rate)))
-            try await client.session.channel.close()
-        }
-    }
-
-    @Test("2,000 messages arriving in one read are still delivered at the rate limit, in order")
-    func rateLimitWithinOneRead() async throws {
-        let rate = 100.0
-        let received = NIOLockedValueBox<[Int]>([])
-        let configuration = serverConfiguration {
-            $0.session.flowControl.rateLimit = RateLimit(messagesPerSecond: rate, gracePeriod: .seconds(30))
-        }
-        let handler: SecureMessagingServer.Handler = { session in
-            for try await message in session.messages {
-                received.withLockedValue { $0.append(Int(String(buffer: message.body))!) }
-            }
-        }
-        try await withServer(.plaintext, configuration: configuration, handler: handler) { _, port in
-            let peer = try await RawPeer.connect(.plaintext, port: port)
-            try await peer.open()
-            var burst = ByteBuffer()
-            for id in 1...2_000 {
-                var frame = rawFrame(
-                    type: 0x02,
-                    id: UInt64(id),
-                    payload: dataPayload(topic: "r", body: Array("\(id)".utf8))
-                )
-                burst.writeBuffer(&frame)
-            }
-            let started = ContinuousClock.now
-            try await peer.sendBytes(burst)
-            try await Task.sleep(for: .seconds(2))
-            let elapsed = ContinuousClock.now - started
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            let got = received.withLockedValue { $0 }
-            // One second's burst plus the rate over the time elapsed, not the whole read.
-            #expect(Double(got.count) <= rate * (seconds + 1) + 20, "\(got.count) in \(seconds) s")
-            #expect(got.count >= Int(rate))
-            #expect(got == Array(1...got.count), "in order, none skipped")
-            try await peer.channel.close()
-        }
-    }
+    // The rate limit's pacing (a burst in one read delivered at the rate, in order) is tested
+    // with explicit time in SessionTimingTests; the grace period end to end below.
 
     @Test("a peer that stays over the rate limit past the grace period gets OVERLOADED")
     func rateLimitGrace() async throws {

@@ -172,10 +172,7 @@ struct RawPeer: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try transport.configure(channel, serverHostname: "localhost")
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(FrameDecoder(maxFrame: 1 << 22)),
-                        RawPeerHandler(recorder: recorder)
-                    )
+                    try channel.pipeline.syncOperations.addHandler(RawPeerHandler(recorder: recorder))
                 }
             }
             .connect(host: "127.0.0.1", port: port)
@@ -231,17 +228,29 @@ struct RawPeer: Sendable {
     }
 }
 
-private final class RawPeerHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = Frame
+private final class RawPeerHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
 
     let recorder: FrameRecorder
+    private var assembler = FrameAssembler(maxFrame: 1 << 22)
 
     init(recorder: FrameRecorder) {
         self.recorder = recorder
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.recorder.received(Self.unwrapInboundIn(data))
+        self.assembler.append(Self.unwrapInboundIn(data))
+        do {
+            while true {
+                switch try self.assembler.next() {
+                case .frame(let frame): self.recorder.received(frame)
+                case .header: continue
+                case .needMoreData: return
+                }
+            }
+        } catch {
+            context.close(promise: nil)
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

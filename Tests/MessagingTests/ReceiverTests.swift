@@ -51,7 +51,7 @@ func embeddedServerSession(receiver: any MessageReceiver) throws -> (EmbeddedCha
         hello: configuration.makeHello(nodeID: "server", role: "server", metadata: [:], sessionID: "s-1"),
         configuration: configuration,
         session: session,
-        waitsForTLS: false,
+        waitsForReadyEvent: false,
         receiver: receiver,
         logger: quietLogger
     )
@@ -68,7 +68,7 @@ func embeddedServerSession(receiver: any MessageReceiver) throws -> (EmbeddedCha
 func frames(in buffer: ByteBuffer) throws -> [Frame] {
     var buffer = buffer
     var frames: [Frame] = []
-    while let frame = try FrameDecoder().decodeFrame(&buffer) {
+    while let frame = try FrameAssembler().decodeFrame(&buffer) {
         frames.append(frame)
     }
     #expect(buffer.readableBytes == 0)

@@ -809,3 +809,21 @@ struct SessionStateMachineTests {
         #expect(server.heartbeatTimeout.nanoseconds == .max)
     }
 }
+
+/// The inputs of these tests at a fixed time: they are about frames and their order, not time
+/// (the timing tests, with explicit times, are in SessionTimingTests).
+extension SessionStateMachine {
+    fileprivate static let testTime = NIODeadline.uptimeNanoseconds(1_000_000_000)
+
+    fileprivate mutating func receive(_ frame: Frame) -> InboundAction {
+        self.receive(frame, now: Self.testTime)
+    }
+
+    /// The transport is ready; returns the HELLO a client sends now.
+    fileprivate mutating func transportReady() -> Hello? {
+        guard case .waitForHello(let hello, _) = self.transportReady(peerIdentity: nil, now: Self.testTime) else {
+            return nil
+        }
+        return hello
+    }
+}

@@ -76,7 +76,7 @@ public final class SecureClient: Sendable {
                     hello: hello,
                     configuration: configuration.session,
                     session: session,
-                    waitsForTLS: transport.isSecure,
+                    waitsForReadyEvent: transport.isSecure,
                     receiver: receiver?(session),
                     logger: logger
                 )

@@ -63,24 +63,3 @@ public struct FrameEncoder: Sendable {
         }
     }
 }
-
-/// The outbound half of the frame codec as a channel handler.
-public final class FrameEncoderHandler: ChannelOutboundHandler, Sendable {
-    public typealias OutboundIn = Frame
-    public typealias OutboundOut = ByteBuffer
-
-    private let encoder = FrameEncoder()
-
-    public init() {}
-
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let frame = Self.unwrapOutboundIn(data)
-        var parts = 0
-        let expected = (frame.body?.readableBytes ?? 0) >= FrameEncoder.copyLimit ? 2 : 1
-        self.encoder.encode(frame, allocator: context.channel.allocator) { buffer in
-            parts += 1
-            // The write's promise completes with its last part.
-            context.write(Self.wrapOutboundOut(buffer), promise: parts == expected ? promise : nil)
-        }
-    }
-}

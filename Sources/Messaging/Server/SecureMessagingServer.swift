@@ -276,7 +276,7 @@ public final class SecureMessagingServer: Service, Sendable {
             hello: hello,
             configuration: config.session,
             session: session,
-            waitsForTLS: self.transport.isSecure,
+            waitsForReadyEvent: self.transport.isSecure,
             requireCertificateIdentity: config.requireCertificateIdentity,
             rejection: rejection,
             metrics: self.metrics,

@@ -9,48 +9,19 @@ import NIOCore
 /// When the connection ends, messages already queued are still delivered, then the sequence
 /// ends (cleanly after GOODBYE, with the error otherwise).
 final class InboundQueue: Sendable {
-    /// What a push means for the sender.
-    enum PushResult: Equatable {
-        case queued
-        /// A high watermark was reached: send FLOW SLOW_DOWN.
-        case slowDown
-        /// A hard limit was reached: send ERROR OVERLOADED and close.
-        case overloaded
-    }
-
-    struct Limits: Sendable {
-        var highMessages: Int
-        var highBytes: Int
-        var lowMessages: Int
-        var lowBytes: Int
-        var hardMessages: Int
-        var hardBytes: Int
-
-        init(_ configuration: FlowControlConfiguration) {
-            self.highMessages = configuration.highWatermarkMessages
-            self.highBytes = configuration.highWatermarkBytes
-            self.lowMessages = configuration.lowWatermarkMessages
-            self.lowBytes = configuration.lowWatermarkBytes
-            self.hardMessages = configuration.effectiveHardLimitMessages
-            self.hardBytes = configuration.effectiveHardLimitBytes
-        }
-    }
+    typealias PushResult = InboundWatermarks.PushResult
+    typealias Limits = InboundWatermarks.Limits
 
     private struct State {
         // Small at first (most sessions are idle most of the time); it doubles as it fills.
         var buffer = CircularBuffer<Message>(initialCapacity: 1)
-        var bytes = 0
-        var peakBytes = 0
-        var peakMessages = 0
-        /// SLOW_DOWN was sent and RESUME not yet.
-        var peerPaused = false
+        var watermarks: InboundWatermarks
         var waiter: CheckedContinuation<Message?, any Error>?
         var finished = false
         var failure: (any Error)?
     }
 
-    private let state = NIOLockedValueBox(State())
-    private let limits: Limits
+    private let state: NIOLockedValueBox<State>
     /// The process-wide gauge of payload bytes waiting for applications, if metrics are kept.
     private let gauge: Meter?
     /// Called (outside the lock) for each message the application takes; `resume` is true
@@ -62,14 +33,14 @@ final class InboundQueue: Sendable {
         gauge: Meter? = nil,
         onConsume: @escaping @Sendable (_ message: Message, _ resume: Bool) -> Void
     ) {
-        self.limits = limits
+        self.state = NIOLockedValueBox(State(watermarks: InboundWatermarks(limits: limits)))
         self.gauge = gauge
         self.onConsume = onConsume
     }
 
     deinit {
         // Messages never taken leave the gauge with the queue.
-        let left = self.state.withLockedValue { $0.bytes }
+        let left = self.state.withLockedValue { $0.watermarks.bytes }
         if left > 0 {
             self.gauge?.decrement(by: Double(left))
         }
@@ -84,7 +55,6 @@ final class InboundQueue: Sendable {
     /// must be told.
     func push(_ message: Message) -> PushResult {
         let size = Self.size(of: message)
-        let limits = self.limits
         let (waiter, result): (CheckedContinuation<Message?, any Error>?, PushResult) = self.state.withLockedValue {
             state in
             guard !state.finished else { return (nil, .queued) }
@@ -93,18 +63,8 @@ final class InboundQueue: Sendable {
                 return (waiter, .queued)
             }
             state.buffer.append(message)
-            state.bytes += size
             self.gauge?.increment(by: Double(size))
-            state.peakBytes = max(state.peakBytes, state.bytes)
-            state.peakMessages = max(state.peakMessages, state.buffer.count)
-            if state.buffer.count >= limits.hardMessages || state.bytes >= limits.hardBytes {
-                return (nil, .overloaded)
-            }
-            if !state.peerPaused, state.buffer.count >= limits.highMessages || state.bytes >= limits.highBytes {
-                state.peerPaused = true
-                return (nil, .slowDown)
-            }
-            return (nil, .queued)
+            return (nil, state.watermarks.pushed(size: size))
         }
         if let waiter {
             waiter.resume(returning: message)
@@ -132,24 +92,18 @@ final class InboundQueue: Sendable {
     /// The number of messages waiting.
     var count: Int { self.state.withLockedValue { $0.buffer.count } }
     /// The payload bytes waiting.
-    var bytes: Int { self.state.withLockedValue { $0.bytes } }
+    var bytes: Int { self.state.withLockedValue { $0.watermarks.bytes } }
     /// The most payload bytes that were ever waiting at once.
-    var peakBytes: Int { self.state.withLockedValue { $0.peakBytes } }
+    var peakBytes: Int { self.state.withLockedValue { $0.watermarks.peakBytes } }
     /// The most messages that were ever waiting at once.
-    var peakMessages: Int { self.state.withLockedValue { $0.peakMessages } }
+    var peakMessages: Int { self.state.withLockedValue { $0.watermarks.peakMessages } }
 
     /// Takes the first message; the caller holds the lock. Returns whether RESUME is due.
     private func pop(_ state: inout State) -> (Message, Bool)? {
         guard let message = state.buffer.popFirst() else { return nil }
         let size = Self.size(of: message)
-        state.bytes -= size
         self.gauge?.decrement(by: Double(size))
-        var resume = false
-        if state.peerPaused, state.buffer.count <= self.limits.lowMessages, state.bytes <= self.limits.lowBytes {
-            state.peerPaused = false
-            resume = true
-        }
-        return (message, resume)
+        return (message, state.watermarks.popped(size: size))
     }
 
     func next() async throws -> Message? {

@@ -1,6 +1,5 @@
 import NIOConcurrencyHelpers
 public import NIOCore
-public import SecureTransport
 import Synchronization
 
 /// Where a session is in its life.
@@ -27,10 +26,8 @@ public final class Session: Sendable {
     public var sessionID: String? { self.state.withLockedValue { $0.sessionID } }
     /// The peer's HELLO, once the session is open.
     public var peer: Hello? { self.state.withLockedValue { $0.peer } }
-    /// The peer's TLS certificate, when it presented one.
-    public var peerCertificate: PeerCertificate? { self.state.withLockedValue { $0.tls?.peerCertificate } }
-    /// What the TLS handshake agreed on (version, cipher suite, resumption), for a TLS session.
-    public var tlsHandshake: TLSHandshakeInfo? { self.state.withLockedValue { $0.tls } }
+    /// What the transport reported when it became ready (for TLS, the handshake's outcome).
+    var transport: TransportReady? { self.state.withLockedValue { $0.transport } }
     /// The current state.
     public var currentState: SessionState { self.state.withLockedValue { $0.lifecycle } }
     /// The round-trip time of the latest PING answered.
@@ -70,11 +67,12 @@ public final class Session: Sendable {
 
     private struct State {
         var lifecycle: SessionState = .handshaking
+        /// The connection ended (its close reason is settled).
+        var ended = false
         var sessionID: String?
         var peer: Hello?
-        var tls: TLSHandshakeInfo?
+        var transport: TransportReady?
         var lastRoundTrip: TimeAmount?
-        var pingsInFlight: [UInt64: NIODeadline] = [:]
         var peerFlow: FlowSignal = .resume
         var acksReceived = 0
         var slowDownsReceived = 0
@@ -133,14 +131,15 @@ public final class Session: Sendable {
         onID: (@Sendable (UInt64) -> Void)?
     ) async throws {
         let promise = self.channel.eventLoop.makePromise(of: Void.self)
-        let flags: DataFlags = ackRequested ? .ackRequested : []
-        self.onLoop { handler in
-            guard let handler else {
-                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
-                return
-            }
-            _ = handler.sendData(topic: topic, body: body, flags: flags, mayWait: true, promise: promise, onID: onID)
-        }
+        let message = OutboundMessage(
+            topic: topic,
+            body: body,
+            flags: ackRequested ? .ackRequested : [],
+            kind: .send(mayWait: true),
+            written: promise,
+            onID: onID
+        )
+        self.send(message)
         try await promise.futureResult.get()
     }
 
@@ -163,9 +162,22 @@ public final class Session: Sendable {
     /// Whether a message of this size could be sent to the peer at all (topic at most 255
     /// bytes, payload within the peer's max_frame).
     private func fitsPeer(topic: String, body: ByteBuffer) -> Bool {
-        let topicBytes = topic.utf8.count
-        let limit = Frame.payloadLimit(announced: self.peer?.maxFrame)
-        return topicBytes <= Message.maximumTopicBytes && 1 + topicBytes + body.readableBytes <= limit
+        (try? SessionStateMachine.checkSendable(
+            topicBytes: topic.utf8.count,
+            bodyBytes: body.readableBytes,
+            peerMaxFrame: Frame.payloadLimit(announced: self.peer?.maxFrame)
+        )) != nil
+    }
+
+    /// Hands `message` to the handler on the event loop.
+    private func send(_ message: OutboundMessage) {
+        self.onLoop { handler in
+            guard let handler else {
+                message.fail(MessagingError(.connectionClosed, "the connection closed"))
+                return
+            }
+            handler.send(message)
+        }
     }
 
     /// Sends a message unless sending is blocked (the channel is over its write-buffer
@@ -176,9 +188,7 @@ public final class Session: Sendable {
         guard !self.sendBlocked.load(ordering: .relaxed), self.currentState == .open,
             self.fitsPeer(topic: topic, body: body)
         else { return false }
-        self.onLoop { handler in
-            _ = handler?.sendData(topic: topic, body: body, flags: [], mayWait: false, promise: nil)
-        }
+        self.send(OutboundMessage(topic: topic, body: body, flags: [], kind: .send(mayWait: false)))
         return true
     }
 
@@ -190,7 +200,7 @@ public final class Session: Sendable {
     @discardableResult
     public func offer(topic: String, body: ByteBuffer) -> Bool {
         guard self.currentState == .open, self.fitsPeer(topic: topic, body: body) else { return false }
-        self.onLoop { handler in handler?.offer(topic: topic, body: body) }
+        self.onLoop { handler in handler?.offerNow(topic: topic, body: body) }
         return true
     }
 
@@ -205,13 +215,14 @@ public final class Session: Sendable {
     public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
         let promise = self.channel.eventLoop.makePromise(of: Message.self)
         let timeout = timeout ?? self.configuration.requestTimeout
-        self.onLoop { handler in
-            guard let handler else {
-                promise.fail(MessagingError(.connectionClosed, "the connection closed"))
-                return
-            }
-            handler.sendRequest(topic: topic, body: body, timeout: timeout, promise: promise)
-        }
+        self.send(
+            OutboundMessage(
+                topic: topic,
+                body: body,
+                flags: .request,
+                kind: .request(timeout: timeout, response: promise)
+            )
+        )
         return try await promise.futureResult.get()
     }
 
@@ -297,17 +308,26 @@ public final class Session: Sendable {
 
     // MARK: - Reports from the handler (on the event loop)
 
-    func transportReady(tls: TLSHandshakeInfo?) {
+    /// The state machine's lifecycle, published for other threads (the machine holds the
+    /// lifecycle; this is its latest value).
+    ///
+    /// - Parameter failure: with `.closed`, why the session ended (its close reason from now on).
+    func publish(_ lifecycle: SessionState, failure: MessagingError? = nil) {
         self.state.withLockedValue {
-            $0.tls = tls
-            $0.lifecycle = .awaitingHello
+            $0.lifecycle = lifecycle
+            if lifecycle == .closed, let failure, !$0.ended {
+                $0.closeReason = failure
+            }
         }
+    }
+
+    func transportReady(_ ready: TransportReady) {
+        self.state.withLockedValue { $0.transport = ready }
     }
 
     func opened(peer: Hello) {
         self.state.withLockedValue {
             $0.peer = peer
-            $0.lifecycle = .open
             if $0.sessionID == nil {
                 $0.sessionID = peer.sessionID
             }
@@ -317,8 +337,9 @@ public final class Session: Sendable {
 
     func connectionEnded(failure: MessagingError?) {
         self.state.withLockedValue {
-            if $0.lifecycle != .closed {
+            if !$0.ended {
                 $0.closeReason = failure
+                $0.ended = true
             }
             $0.lifecycle = .closed
             // Nothing more can be heard; the listeners (which may refer to this session) go.
@@ -329,16 +350,9 @@ public final class Session: Sendable {
         self.openPromise.fail(failure ?? MessagingError(.connectionClosed, "the connection closed before HELLO"))
     }
 
-    func recordPingSent(id: UInt64) {
-        self.state.withLockedValue { $0.pingsInFlight[id] = .now() }
-    }
-
-    func recordPong(id: UInt64) {
-        self.state.withLockedValue { state in
-            if let sent = state.pingsInFlight.removeValue(forKey: id) {
-                state.lastRoundTrip = .now() - sent
-            }
-        }
+    func recordRoundTrip(_ roundTrip: TimeAmount?) {
+        guard let roundTrip else { return }
+        self.state.withLockedValue { $0.lastRoundTrip = roundTrip }
     }
 
     func recordAck(id: UInt64) {
@@ -368,9 +382,5 @@ public final class Session: Sendable {
 
     func pingStatus() -> ByteBuffer {
         self.state.withLockedValue { $0.pingStatus }
-    }
-
-    func markDraining() {
-        self.state.withLockedValue { $0.lifecycle = .draining }
     }
 }

@@ -1,36 +1,125 @@
-public import NIOCore
+import NIOCore
 
-/// Splits the byte stream into ``Frame``s and checks everything a frame can be checked for on
-/// its own (PROTOCOL.md "Frame" and "Types").
+/// Turns the bytes of a connection into ``Frame``s: the one frame assembly path, used by the
+/// session handler, the fuzz target and the tests.
 ///
-/// The header is validated as soon as its 24 bytes are in, before the payload is read or any
-/// room is made for it: first `length` against `max_frame` (``ErrorCode/frameTooLarge``),
-/// then type, flags, reserved bits, the id rules and the payload-size rules of each type
-/// (``ErrorCode/protocolError``). Payload contents that need the payload (FLOW's byte,
-/// ERROR's UTF-8 reason, DATA's topic) are checked once it has arrived. Sequence rules
-/// belong to the session. A violation is thrown as an error carrying the ERROR to send.
-public struct FrameDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = Frame
+/// Every header is validated as soon as its 24 bytes are in, before the payload is read or any
+/// room is made for it: first `length` against `max_frame` (``ErrorCode/frameTooLarge``), then
+/// type, flags, reserved bits, the id rules and the payload-size rules of each type
+/// (``ErrorCode/protocolError``). Payload contents that need the payload (FLOW's byte, ERROR's
+/// UTF-8 reason, DATA's topic) are checked once it has arrived. Sequence rules belong to the
+/// session state machine, which sees the header of a frame still arriving (``Step/header(_:)``).
+///
+/// Whole frames are sliced out of the bytes read, without copying. The start of a frame whose
+/// rest has not arrived is kept in a buffer of its own, sized for the whole frame, so that the
+/// rest is copied in once and the storage of the frames before it (which their messages may
+/// still hold) is never copied.
+struct FrameAssembler {
+    /// What ``next()`` found.
+    enum Step: Equatable {
+        /// A whole, validated frame.
+        case frame(Frame)
+        /// The header of a frame whose payload is still arriving (reported once per frame).
+        case header(FrameHeader)
+        /// Every byte given so far is used up, or waits for more.
+        case needMoreData
+    }
 
     /// The largest payload accepted.
-    public let maxFrame: Int
+    let maxFrame: Int
+    private let allocator = ByteBufferAllocator()
+    /// Bytes read and not yet looked at.
+    private var input: ByteBuffer?
+    /// The start of a frame whose rest has not arrived yet.
+    private var partial: ByteBuffer?
+    /// Frames (and their bytes) assembled and not yet published to the metrics.
+    private var unpublishedFrames = 0
+    private var unpublishedBytes = 0
 
-    /// Creates a decoder that accepts payloads up to `maxFrame` bytes.
-    public init(maxFrame: Int = Frame.defaultMaxFrame) {
+    init(maxFrame: Int = Frame.defaultMaxFrame) {
         self.maxFrame = maxFrame
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try self.decodeFrame(&buffer) else {
-            if let header = Self.pendingHeader(buffer) {
-                // The payload is still on its way: let the session check the header's place in
-                // the sequence now, and count the bytes as traffic.
-                context.fireUserInboundEventTriggered(header)
-            }
-            return .needMoreData
+    /// Whether bytes wait to be assembled (a frame still arriving, or input not looked at).
+    var hasBufferedBytes: Bool { self.input != nil || self.partial != nil }
+
+    /// Adds bytes read from the connection.
+    mutating func append(_ bytes: ByteBuffer) {
+        guard bytes.readableBytes > 0 else { return }
+        if self.input == nil {
+            self.input = bytes
+        } else {
+            self.input!.writeImmutableBuffer(bytes)
         }
-        context.fireChannelRead(Self.wrapInboundOut(frame))
-        return .continue
+    }
+
+    /// Drops everything buffered (the session is closed: what still comes is discarded).
+    mutating func discard() {
+        self.input = nil
+        self.partial = nil
+    }
+
+    /// The counts since the last call, for the metrics.
+    mutating func takeCounts() -> (frames: Int, bytes: Int) {
+        defer {
+            self.unpublishedFrames = 0
+            self.unpublishedBytes = 0
+        }
+        return (self.unpublishedFrames, self.unpublishedBytes)
+    }
+
+    /// The next step: a whole frame, the header of one still arriving, or the need for more bytes.
+    ///
+    /// - Throws: the violation to answer with ERROR; the assembler is then of no further use.
+    mutating func next() throws(ProtocolViolation) -> Step {
+        if var partial = self.partial {
+            self.partial = nil
+            let target: Int
+            if partial.readableBytes < Frame.headerSize {
+                target = Frame.headerSize
+            } else {
+                target = Frame.headerSize + Int(partial.getInteger(at: partial.readerIndex, as: UInt32.self)!)
+            }
+            if var input = self.input {
+                let take = min(target - partial.readableBytes, input.readableBytes)
+                var piece = input.readSlice(length: take)!
+                partial.writeBuffer(&piece)
+                self.input = input.readableBytes > 0 ? input : nil
+            }
+            guard partial.readableBytes == target else {
+                self.partial = partial
+                return .needMoreData
+            }
+            // The frame is whole, or its header just is (checked, then kept waiting in a buffer
+            // sized for the whole frame).
+            if let frame = try self.decodeFrame(&partial) {
+                self.unpublishedFrames += 1
+                self.unpublishedBytes += Frame.headerSize + frame.length
+                return .frame(frame)
+            }
+            return self.keepPartial(partial)
+        }
+        guard var input = self.input else { return .needMoreData }
+        self.input = nil
+        if let frame = try self.decodeFrame(&input) {
+            if input.readableBytes > 0 {
+                self.input = input
+            }
+            self.unpublishedFrames += 1
+            self.unpublishedBytes += Frame.headerSize + frame.length
+            return .frame(frame)
+        }
+        return self.keepPartial(input)
+    }
+
+    /// Keeps the start of a frame (already validated as far as it goes) until its rest arrives.
+    private mutating func keepPartial(_ bytes: ByteBuffer) -> Step {
+        var bytes = bytes
+        let header = Self.pendingHeader(bytes)
+        var kept = self.allocator.buffer(capacity: Frame.headerSize + (header?.length ?? 0))
+        kept.writeBuffer(&bytes)
+        self.partial = kept
+        return header.map { .header($0) } ?? .needMoreData
     }
 
     /// The header of a frame whose payload has not fully arrived, if there is one.
@@ -43,16 +132,6 @@ public struct FrameDecoder: ByteToMessageDecoder {
             flags: buffer.getInteger(at: start + 5, as: UInt8.self)!,
             id: buffer.getInteger(at: start + 8, as: UInt64.self)!
         )
-    }
-
-    public mutating func decodeLast(
-        context: ChannelHandlerContext,
-        buffer: inout ByteBuffer,
-        seenEOF: Bool
-    ) throws -> DecodingState {
-        // A partial frame at the end of the stream is dropped; the session reports the close.
-        while try self.decode(context: context, buffer: &buffer) == .continue {}
-        return .needMoreData
     }
 
     /// Takes one whole frame off the front of `buffer`, or returns nil when more bytes are needed.
@@ -167,7 +246,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// A validated header whose payload is still arriving, fired inbound as a user event.
+/// A validated header whose payload is still arriving.
 public struct FrameHeader: Sendable, Hashable {
     public var length: Int
     public var type: FrameType

@@ -1,0 +1,293 @@
+import CoreMetrics
+import Logging
+import NIOCore
+import Synchronization
+
+extension SessionHandler {
+    // MARK: - Sends from the application (on the event loop)
+
+    /// Sends DATA (``OutboundMessage/Kind/send(mayWait:)``) or a REQUEST; the outcome completes
+    /// the message's promises.
+    func send(_ message: OutboundMessage) {
+        guard let context = self.io.context else {
+            message.fail(MessagingError(.connectionClosed, "the connection closed"))
+            return
+        }
+        _ = self.carryOut(self.machine.send(message, now: context.eventLoop.now), context: context)
+    }
+
+    /// A broadcast's send: written now if possible, else parked within the session's bound;
+    /// a session whose parked messages would pass the bound is a slow consumer and is closed
+    /// with OVERLOADED. Returns whether the message was taken.
+    @discardableResult
+    func offerNow(topic: String, body: ByteBuffer) -> Bool {
+        guard let context = self.io.context, self.machine.isOpen else { return false }
+        let message = OutboundMessage(topic: topic, body: body, flags: [], kind: .offer)
+        return self.carryOut(self.machine.send(message, now: context.eventLoop.now), context: context)
+    }
+
+    /// Carries out a send decision; returns whether the message was taken (written or parked).
+    private func carryOut(_ action: SessionStateMachine.SendAction, context: ChannelHandlerContext) -> Bool {
+        switch action {
+        case .write(let message, let id, let requestDeadline):
+            message.onID?(id)
+            if let requestDeadline, case .request(let timeout, _) = message.kind {
+                self.io.requestTimers[id] = self.schedule(at: requestDeadline, context: context) { handler, _ in
+                    handler.io.requestTimers[id] = nil
+                    handler.machine.requestTimedOut(id: id)?.fail(
+                        MessagingError(.requestTimedOut, "no response within \(timeout)")
+                    )
+                }
+            }
+            self.writeData(message, id: id, context: context)
+            self.scheduleFlush(context: context)
+            return true
+        case .parked:
+            self.metrics?.backpressureEvents.increment()
+            self.session.sendBlocked.store(true, ordering: .relaxed)
+            return true
+        case .refuse(let message, let error):
+            if case .send = message.kind, self.machine.isSendBlocked {
+                self.metrics?.backpressureEvents.increment()
+            }
+            message.fail(error)
+            return false
+        case .slowConsumer(let message, let violation):
+            message.fail(MessagingError(.closing, "the peer is a slow consumer"))
+            self.metrics?.slowConsumers.increment()
+            self.logger.info("closing a slow consumer: its broadcast backlog passed the bound")
+            self.sendError(violation, context: context)
+            return false
+        }
+    }
+
+    /// Sends what was parked, in order, while the peer and the channel take it; then publishes
+    /// whether sends are blocked and resumes reading if it was held.
+    func sendUnparked(context: ChannelHandlerContext) {
+        let now = context.eventLoop.now
+        while let action = self.machine.unpark(now: now) {
+            _ = self.carryOut(action, context: context)
+        }
+        self.session.sendBlocked.store(self.machine.isSendBlocked, ordering: .relaxed)
+        self.resumeReadingIfHeld(context: context)
+    }
+
+    /// Answers a REQUEST; `onRefusal` runs when the answer cannot be sent.
+    func sendResponse(
+        to requestID: UInt64,
+        topic: String,
+        body: ByteBuffer,
+        promise: EventLoopPromise<Void>?,
+        onRefusal: () -> Void = {}
+    ) {
+        guard let context = self.io.context else {
+            promise?.fail(MessagingError(.connectionClosed, "the connection closed"))
+            onRefusal()
+            return
+        }
+        do {
+            try self.machine.respond(to: requestID, topicBytes: topic.utf8.count, bodyBytes: body.readableBytes)
+        } catch {
+            promise?.fail(self.machine.failure ?? MessagingError(error))
+            onRefusal()
+            return
+        }
+        let message = OutboundMessage(topic: topic, body: body, flags: .response, kind: .send(mayWait: true))
+        var written = message
+        written.written = promise
+        self.writeData(written, id: requestID, context: context)
+        self.scheduleFlush(context: context)
+        if self.machine.answerGoodbyeIfReady() {
+            self.io.phaseTimer?.cancel()
+            self.io.phaseTimer = nil
+            self.writeControl(.goodbye, context: context, flush: true)
+            context.close(promise: nil)
+        }
+    }
+
+    /// A RESPONSE from a ``LoopSession``; says whether it was written.
+    func respondNow(to requestID: UInt64, topic: String, body: ByteBuffer) -> Bool {
+        guard self.io.context != nil, !self.machine.isClosed else { return false }
+        var written = true
+        self.sendResponse(to: requestID, topic: topic, body: body, promise: nil) { written = false }
+        return written
+    }
+
+    /// The application took a message: ACK it if asked, and send RESUME if the queue is back
+    /// under its low watermarks.
+    func consumed(ackID: UInt64?, resume: Bool) {
+        guard let context = self.io.context,
+            case .send(let ack, let resume) = self.machine.consumed(ackID: ackID, resume: resume)
+        else { return }
+        if let ack {
+            self.writeControl(.ack(ack), context: context, flush: false)
+        }
+        if resume {
+            self.writeControl(.flow(.resume), context: context, flush: false)
+        }
+    }
+
+    var sessionHandle: Session { self.session }
+
+    var isSendBlockedNow: Bool {
+        self.io.context == nil || self.machine.isSendBlocked
+    }
+
+    // MARK: - Writing and flushing
+
+    /// Encodes a control frame into the batch and flushes now (`flush`) or at the end of the tick.
+    func writeControl(_ control: ControlFrame, context: ChannelHandlerContext, flush: Bool) {
+        let frame = control.frame(allocator: context.channel.allocator)
+        if self.batch.write(frame, allocator: context.channel.allocator), control.isOwnTraffic {
+            self.machine.framesSent(now: context.eventLoop.now)
+        }
+        if flush {
+            self.flushNow(context: context)
+        } else {
+            self.scheduleFlush(context: context)
+        }
+    }
+
+    /// Encodes a DATA frame into the batch (a large body goes after the batch, uncopied).
+    private func writeData(_ message: OutboundMessage, id: UInt64, context: ChannelHandlerContext) {
+        let (started, separateBody) = self.batch.writeData(
+            topic: message.topic,
+            body: message.body,
+            flags: message.flags,
+            id: id,
+            allocator: context.channel.allocator
+        )
+        if started {
+            self.machine.framesSent(now: context.eventLoop.now)
+        }
+        if let separateBody {
+            self.emitBatch(context: context)
+            context.write(Self.wrapOutboundOut(separateBody), promise: message.written)
+        } else {
+            self.batch.join(message.written)
+        }
+    }
+
+    /// Asks for the frames written so far to be flushed at the end of this event-loop tick
+    /// (or at the end of the read burst in progress), so that a burst of frames leaves in one
+    /// TLS write and one system call.
+    func scheduleFlush(context: ChannelHandlerContext) {
+        self.io.flushPending = true
+        guard !self.io.flushScheduled else { return }
+        self.io.flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.io.flushScheduled = false
+            self.flushIfPending(context: context)
+        }
+    }
+
+    func flushIfPending(context: ChannelHandlerContext) {
+        guard self.io.flushPending else { return }
+        self.flushNow(context: context)
+    }
+
+    /// Hands the encoded batch to the layer below (not flushed).
+    private func emitBatch(context: ChannelHandlerContext) {
+        guard let (buffer, promise) = self.batch.take() else { return }
+        context.write(Self.wrapOutboundOut(buffer), promise: promise)
+    }
+
+    private func flushNow(context: ChannelHandlerContext) {
+        self.io.flushPending = false
+        self.emitBatch(context: context)
+        self.publishCounts()
+        context.flush()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // Bytes from above (nothing sits above a session normally) go after the batch.
+        self.emitBatch(context: context)
+        context.write(data, promise: promise)
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        self.flushNow(context: context)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // Whatever was written before a close goes out before it.
+        self.flushIfPending(context: context)
+        context.close(mode: mode, promise: promise)
+    }
+
+    // MARK: - Reading and writability
+
+    func read(context: ChannelHandlerContext) {
+        if self.shouldHoldReads {
+            self.io.readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Reading pauses while the rate limit is exceeded, and, for a receiver (which answers on
+    /// the event loop, with nothing queued in between), while the connection cannot take more
+    /// output: a peer that does not read its answers stops being read.
+    private var shouldHoldReads: Bool {
+        if self.machine.isThrottled {
+            return true
+        }
+        return self.receiver != nil && !self.io.writable && !self.machine.isClosed
+    }
+
+    func resumeReadingIfHeld(context: ChannelHandlerContext) {
+        guard self.io.readHeld, !self.shouldHoldReads else { return }
+        self.io.readHeld = false
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.io.writable = context.channel.isWritable
+        self.sampleOutbound(context: context)
+        switch self.machine.writabilityChanged(self.io.writable, now: context.eventLoop.now) {
+        case .none:
+            break
+        case .cancelSlowConsumerTimer:
+            self.io.slowConsumerTimer?.cancel()
+            self.io.slowConsumerTimer = nil
+        case .armSlowConsumerTimer(let deadline):
+            self.io.slowConsumerTimer = self.schedule(at: deadline, context: context) { handler, context in
+                handler.io.slowConsumerTimer = nil
+                guard let violation = handler.machine.slowConsumerTimerFired() else { return }
+                handler.metrics?.slowConsumers.increment()
+                handler.logger.info("closing a slow consumer")
+                handler.sendError(violation, context: context)
+            }
+        }
+        self.sendUnparked(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: - Metrics
+
+    /// Publishes this channel's unwritten bytes to the outbound gauge (as a change from the
+    /// last sample).
+    func sampleOutbound(context: ChannelHandlerContext, closing: Bool = false) {
+        guard let gauge = self.metrics?.outboundQueuedBytes else { return }
+        let now = closing ? 0 : ((try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0)
+        if now != self.io.sampledOutboundBytes {
+            gauge.increment(by: Double(now - self.io.sampledOutboundBytes))
+            self.io.sampledOutboundBytes = now
+        }
+    }
+
+    /// Adds the frames counted since the last time to the metrics.
+    func publishCounts() {
+        guard let metrics = self.metrics else { return }
+        let sent = self.batch.takeCounts()
+        if sent.frames > 0 {
+            metrics.framesSent.increment(by: sent.frames)
+            metrics.bytesSent.increment(by: sent.bytes)
+        }
+        let received = self.assembler.takeCounts()
+        if received.frames > 0 {
+            metrics.framesReceived.increment(by: received.frames)
+            metrics.bytesReceived.increment(by: received.bytes)
+        }
+    }
+}
