@@ -8,6 +8,8 @@
 #      run) PEERS="nio" (add python for the Python peer; "" runs ours only) BASE_PORT=19600
 #      PEER_NIO=<prebuilt peer-nio binary> SHARED_BENCH=<path to the shared bench tool>
 #      CONFIG=release|debug (the build of ours to measure; default release)
+#      BASELINE=<another securemsg binary> (adds the stack "base": the same commands run with that
+#      binary, e.g. main before a change, measured in the same run; add "base" to PEERS)
 #      SMOKE=1 (one round of 1 s, ours only, small idle counts, the debug build: proves the tool
 #      works and fails on a missing row or an error; CI runs this)
 set -euo pipefail
@@ -86,6 +88,7 @@ SPID=""
 server_cmd() { # stack mode -> SRV array
     case "$1" in
         ours) SRV=("$OURS" bench server --listen "127.0.0.1:$port" --max-connections $((big + 100))) ;;
+        base) SRV=("$BASELINE" bench server --listen "127.0.0.1:$port" --max-connections $((big + 100))) ;;
         nio) SRV=("$PEER_NIO" server --port "$port") ;;
         python) SRV=("$PYTHON" "$SHARED_BENCH/peer-python/echo.py" server --port "$port") ;;
     esac
@@ -98,6 +101,7 @@ server_cmd() { # stack mode -> SRV array
 client_cmd() { # stack mode -> CLI array
     case "$1" in
         ours) CLI=("$OURS" bench client --connect "127.0.0.1:$port") ;;
+        base) CLI=("$BASELINE" bench client --connect "127.0.0.1:$port") ;;
         nio) CLI=("$PEER_NIO" client --port "$port") ;;
         python) CLI=("$PYTHON" "$SHARED_BENCH/peer-python/echo.py" client --port "$port") ;;
     esac
