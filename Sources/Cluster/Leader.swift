@@ -265,14 +265,11 @@ public final class Leader: Service, Sendable {
                 let silence = nowDeadline - session.lastReceived
                 record.lastSeen = now - .nanoseconds(silence.nanoseconds)
                 record.roundTrip = session.lastRoundTrip.map { .nanoseconds($0.nanoseconds) }
-                let interval = Int64(session.peer?.heartbeatMilliseconds ?? 5000) * 1_000_000
-                let overdue = silence.nanoseconds > 2 * interval
-                if overdue, record.state == .active {
-                    record.state = .suspect
-                    events.append(.suspect(nodeID: nodeID))
-                } else if !overdue, record.state == .suspect {
-                    record.state = .active
-                    events.append(.active(nodeID: nodeID))
+                let interval = TimeAmount.milliseconds(Int64(session.peer?.heartbeatMilliseconds ?? 5000))
+                let next = record.state.connected(silence: silence, heartbeatInterval: interval)
+                if next != record.state {
+                    record.state = next
+                    events.append(next == .suspect ? .suspect(nodeID: nodeID) : .active(nodeID: nodeID))
                 }
                 state.records[nodeID] = record
             }

@@ -11,6 +11,21 @@ public enum CollaboratorState: String, Sendable, Hashable {
     case gone
 }
 
+extension CollaboratorState {
+    /// The state of a connected collaborator that has been silent for `silence`, whose
+    /// heartbeat interval is `heartbeatInterval`: suspect once silence passes two intervals
+    /// (one heartbeat overdue), active again when it is heard from. A pure decision: the
+    /// leader brings the time.
+    func connected(silence: TimeAmount, heartbeatInterval: TimeAmount) -> CollaboratorState {
+        let overdue = silence.nanoseconds > 2 * heartbeatInterval.nanoseconds
+        switch self {
+        case .active where overdue: return .suspect
+        case .suspect where !overdue: return .active
+        default: return self
+        }
+    }
+}
+
 /// Why a collaborator left.
 public enum LeaveReason: Sendable, Hashable {
     /// It said GOODBYE.
