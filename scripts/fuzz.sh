@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the frame decoder and the session state machine with libFuzzer (and ASan) for
+# Fuzzes the production session path (frame assembler, state machine and the real session
+# handler on an EmbeddedChannel) with libFuzzer (and ASan) for
 # SECONDS (default 60), starting from Fuzz/corpus. New interesting inputs are kept in
 # .build-fuzz/corpus; a crash input is written to Fuzz/crashes/ (add it to Fuzz/corpus once
 # fixed: the replay test runs everything there). Prints libFuzzer's execution count.

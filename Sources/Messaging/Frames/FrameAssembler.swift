@@ -72,6 +72,14 @@ struct FrameAssembler {
     ///
     /// - Throws: the violation to answer with ERROR; the assembler is then of no further use.
     mutating func next() throws(ProtocolViolation) -> Step {
+        if self.partial == nil {
+            return try self.nextFromInput()
+        }
+        return try self.nextFromPartial()
+    }
+
+    /// Completes the frame whose start is kept, from the front of the input.
+    private mutating func nextFromPartial() throws(ProtocolViolation) -> Step {
         if var partial = self.partial {
             self.partial = nil
             let target: Int
@@ -81,6 +89,12 @@ struct FrameAssembler {
                 target = Frame.headerSize + Int(partial.getInteger(at: partial.readerIndex, as: UInt32.self)!)
             }
             if var input = self.input {
+                if partial.readableBytes >= Frame.headerSize, partial.capacity < target {
+                    // The session has checked the header: now room is made for the whole frame.
+                    var sized = self.allocator.buffer(capacity: target)
+                    sized.writeBuffer(&partial)
+                    partial = sized
+                }
                 let take = min(target - partial.readableBytes, input.readableBytes)
                 var piece = input.readSlice(length: take)!
                 partial.writeBuffer(&piece)
@@ -90,33 +104,45 @@ struct FrameAssembler {
                 self.partial = partial
                 return .needMoreData
             }
-            // The frame is whole, or its header just is (checked, then kept waiting in a buffer
-            // sized for the whole frame).
-            if let frame = try self.decodeFrame(&partial) {
+            // The frame is whole, or its header just is (validated, then reported).
+            if let frame = try Self.decodeFrame(&partial, maxFrame: self.maxFrame) {
                 self.unpublishedFrames += 1
                 self.unpublishedBytes += Frame.headerSize + frame.length
                 return .frame(frame)
             }
             return self.keepPartial(partial)
         }
-        guard var input = self.input else { return .needMoreData }
-        self.input = nil
-        if let frame = try self.decodeFrame(&input) {
-            if input.readableBytes > 0 {
-                self.input = input
+        return .needMoreData
+    }
+
+    /// Slices the next whole frame out of the input.
+    @inline(__always)
+    private mutating func nextFromInput() throws(ProtocolViolation) -> Step {
+        guard self.input != nil else { return .needMoreData }
+        // Decoded in place: the bytes read are sliced, not copied.
+        let maxFrame = self.maxFrame
+        if let frame = try Self.decodeFrame(&self.input!, maxFrame: maxFrame) {
+            if self.input!.readableBytes == 0 {
+                self.input = nil
             }
             self.unpublishedFrames += 1
             self.unpublishedBytes += Frame.headerSize + frame.length
             return .frame(frame)
         }
-        return self.keepPartial(input)
+        let rest = self.input!
+        self.input = nil
+        return self.keepPartial(rest)
     }
 
     /// Keeps the start of a frame (already validated as far as it goes) until its rest arrives.
+    ///
+    /// Only the bytes that came are kept: room for the whole payload is made once more of it
+    /// arrives, after the session has checked the header's place in the sequence (PROTOCOL.md:
+    /// the whole header, sequence rules included, is validated before the payload is allocated).
     private mutating func keepPartial(_ bytes: ByteBuffer) -> Step {
         var bytes = bytes
         let header = Self.pendingHeader(bytes)
-        var kept = self.allocator.buffer(capacity: Frame.headerSize + (header?.length ?? 0))
+        var kept = self.allocator.buffer(capacity: max(bytes.readableBytes, Frame.headerSize))
         kept.writeBuffer(&bytes)
         self.partial = kept
         return header.map { .header($0) } ?? .needMoreData
@@ -136,6 +162,13 @@ struct FrameAssembler {
 
     /// Takes one whole frame off the front of `buffer`, or returns nil when more bytes are needed.
     func decodeFrame(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
+        try Self.decodeFrame(&buffer, maxFrame: self.maxFrame)
+    }
+
+    /// ``decodeFrame(_:)`` for a `max_frame`: static, so that the assembler's own input can be
+    /// decoded in place without a copy of the assembler.
+    @inline(__always)
+    static func decodeFrame(_ buffer: inout ByteBuffer, maxFrame: Int) throws(ProtocolViolation) -> Frame? {
         guard buffer.readableBytes >= Frame.headerSize else { return nil }
         // The whole header in one read of the buffer.
         let (length, type, flags, reserved, id, timestamp) = buffer.withUnsafeReadableBytes { bytes in
@@ -154,7 +187,7 @@ struct FrameAssembler {
             flags: flags,
             reserved: reserved,
             id: id,
-            maxFrame: self.maxFrame
+            maxFrame: maxFrame
         )
 
         guard buffer.readableBytes >= Frame.headerSize + length else { return nil }

@@ -20,19 +20,19 @@ struct FrameBatch {
 
     /// Makes sure a batch is open; returns true when this starts a new one (whose time is now).
     @inline(__always)
-    private mutating func start(size: Int, allocator: ByteBufferAllocator) -> Bool {
+    private mutating func start(size: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> Bool {
         guard self.buffer == nil else { return false }
-        self.buffer = allocator.buffer(capacity: max(size, Self.capacity))
+        self.buffer = allocator().buffer(capacity: max(size, Self.capacity))
         self.timestamp = WallClock.nowMicroseconds()
         return true
     }
 
     /// Encodes a control frame (DATA goes through ``writeData``); returns whether a new batch
     /// started.
-    mutating func write(_ frame: Frame, allocator: ByteBufferAllocator) -> Bool {
+    mutating func write(_ frame: Frame, allocator: @autoclosure () -> ByteBufferAllocator) -> Bool {
         let size = Frame.headerSize + frame.payload.readableBytes
         self.count(size)
-        let started = self.start(size: size, allocator: allocator)
+        let started = self.start(size: size, allocator: allocator())
         FrameEncoder.writeHeader(
             length: frame.payload.readableBytes,
             type: frame.type,
@@ -47,12 +47,13 @@ struct FrameBatch {
 
     /// Encodes a DATA frame: header, topic length, topic, and the body when small. Returns
     /// whether a new batch started, and the body when it is to be written after the batch, as it is.
+    @inline(__always)
     mutating func writeData(
         topic: String,
         body: ByteBuffer,
         flags: DataFlags,
         id: UInt64,
-        allocator: ByteBufferAllocator
+        allocator: @autoclosure () -> ByteBufferAllocator
     ) -> (started: Bool, separateBody: ByteBuffer?) {
         let topicBytes = topic.utf8.count
         let bodyBytes = body.readableBytes
@@ -61,7 +62,7 @@ struct FrameBatch {
         let copyBody = bodyBytes < FrameEncoder.copyLimit
         let started = self.start(
             size: Frame.headerSize + 1 + topicBytes + (copyBody ? bodyBytes : 0),
-            allocator: allocator
+            allocator: allocator()
         )
         FrameEncoder.writeHeader(
             length: length,

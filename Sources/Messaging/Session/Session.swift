@@ -162,11 +162,11 @@ public final class Session: Sendable {
     /// Whether a message of this size could be sent to the peer at all (topic at most 255
     /// bytes, payload within the peer's max_frame).
     private func fitsPeer(topic: String, body: ByteBuffer) -> Bool {
-        (try? SessionStateMachine.checkSendable(
+        SessionStateMachine.fits(
             topicBytes: topic.utf8.count,
             bodyBytes: body.readableBytes,
             peerMaxFrame: Frame.payloadLimit(announced: self.peer?.maxFrame)
-        )) != nil
+        )
     }
 
     /// Hands `message` to the handler on the event loop.

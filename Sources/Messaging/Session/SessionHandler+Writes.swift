@@ -22,11 +22,18 @@ extension SessionHandler {
     @discardableResult
     func offerNow(topic: String, body: ByteBuffer) -> Bool {
         guard let context = self.io.context, self.machine.isOpen else { return false }
+        if let id = self.machine.sendNow(topicBytes: topic.utf8.count, bodyBytes: body.readableBytes) {
+            // The DATA path of a receiver: nothing in the way, nothing to wait for.
+            self.writeData(topic: topic, body: body, flags: [], id: id, promise: nil, context: context)
+            self.scheduleFlush(context: context)
+            return true
+        }
         let message = OutboundMessage(topic: topic, body: body, flags: [], kind: .offer)
         return self.carryOut(self.machine.send(message, now: context.eventLoop.now), context: context)
     }
 
     /// Carries out a send decision; returns whether the message was taken (written or parked).
+    @inline(__always)
     private func carryOut(_ action: SessionStateMachine.SendAction, context: ChannelHandlerContext) -> Bool {
         switch action {
         case .write(let message, let id, let requestDeadline):
@@ -64,8 +71,7 @@ extension SessionHandler {
     /// Sends what was parked, in order, while the peer and the channel take it; then publishes
     /// whether sends are blocked and resumes reading if it was held.
     func sendUnparked(context: ChannelHandlerContext) {
-        let now = context.eventLoop.now
-        while let action = self.machine.unpark(now: now) {
+        while let action = self.machine.unpark(now: context.eventLoop.now) {
             _ = self.carryOut(action, context: context)
         }
         self.session.sendBlocked.store(self.machine.isSendBlocked, ordering: .relaxed)
@@ -137,8 +143,9 @@ extension SessionHandler {
 
     /// Encodes a control frame into the batch and flushes now (`flush`) or at the end of the tick.
     func writeControl(_ control: ControlFrame, context: ChannelHandlerContext, flush: Bool) {
-        let frame = control.frame(allocator: context.channel.allocator)
-        if self.batch.write(frame, allocator: context.channel.allocator), control.isOwnTraffic {
+        let allocator = context.channel.allocator
+        let frame = control.frame(allocator: allocator)
+        if self.batch.write(frame, allocator: allocator), control.isOwnTraffic {
             self.machine.framesSent(now: context.eventLoop.now)
         }
         if flush {
@@ -150,10 +157,29 @@ extension SessionHandler {
 
     /// Encodes a DATA frame into the batch (a large body goes after the batch, uncopied).
     private func writeData(_ message: OutboundMessage, id: UInt64, context: ChannelHandlerContext) {
-        let (started, separateBody) = self.batch.writeData(
+        self.writeData(
             topic: message.topic,
             body: message.body,
             flags: message.flags,
+            id: id,
+            promise: message.written,
+            context: context
+        )
+    }
+
+    @inline(__always)
+    private func writeData(
+        topic: String,
+        body: ByteBuffer,
+        flags: DataFlags,
+        id: UInt64,
+        promise: EventLoopPromise<Void>?,
+        context: ChannelHandlerContext
+    ) {
+        let (started, separateBody) = self.batch.writeData(
+            topic: topic,
+            body: body,
+            flags: flags,
             id: id,
             allocator: context.channel.allocator
         )
@@ -162,9 +188,9 @@ extension SessionHandler {
         }
         if let separateBody {
             self.emitBatch(context: context)
-            context.write(Self.wrapOutboundOut(separateBody), promise: message.written)
+            context.write(Self.wrapOutboundOut(separateBody), promise: promise)
         } else {
-            self.batch.join(message.written)
+            self.batch.join(promise)
         }
     }
 

@@ -164,10 +164,9 @@ extension SessionStateMachine {
             self.owedResponses.insert(frame.id)
         }
         let message = Message(dataFrame: frame)
-        if var limiter = self.rateLimiter {
-            let over = limiter.take(messages: 1, bytes: InboundQueue.size(of: message), now: now)
-            self.rateLimiter = limiter
-            if over, limiter.overGrace(now: now) {
+        if self.rateLimiter != nil {
+            let over = self.rateLimiter!.take(messages: 1, bytes: InboundQueue.size(of: message), now: now)
+            if over, self.rateLimiter!.overGrace(now: now) {
                 return .fail(self.failed(ProtocolViolation(.overloaded, "rate limit exceeded")))
             }
         }

@@ -30,10 +30,19 @@ extension SessionStateMachine {
     /// The check itself, for a peer whose max_frame is `peerMaxFrame`.
     static func checkSendable(topicBytes: Int, bodyBytes: Int, peerMaxFrame: Int) throws(SendRefusal) {
         guard topicBytes <= Message.maximumTopicBytes else { throw .topicTooLong }
-        guard 1 + topicBytes + bodyBytes <= peerMaxFrame else { throw .tooLarge(limit: peerMaxFrame) }
+        guard Self.fits(topicBytes: topicBytes, bodyBytes: bodyBytes, peerMaxFrame: peerMaxFrame) else {
+            throw .tooLarge(limit: peerMaxFrame)
+        }
+    }
+
+    /// The test itself: topic at most 255 bytes, DATA payload within the peer's max_frame.
+    @inline(__always)
+    static func fits(topicBytes: Int, bodyBytes: Int, peerMaxFrame: Int) -> Bool {
+        topicBytes <= Message.maximumTopicBytes && 1 + topicBytes + bodyBytes <= peerMaxFrame
     }
 
     /// Numbers an application message. RESPONSEs go through ``respond(to:topicBytes:bodyBytes:)``.
+    @inline(__always)
     mutating func prepareData(topicBytes: Int, bodyBytes: Int, flags: DataFlags) throws(SendRefusal) -> UInt64 {
         switch self.state {
         case .open:
@@ -49,8 +58,21 @@ extension SessionStateMachine {
         return id
     }
 
-    /// The application sends `message`.
-    mutating func send(_ message: OutboundMessage, now: NIODeadline) -> SendAction {
+    /// A plain DATA message may go now (open, nothing blocking, within the peer's limits):
+    /// its id, or nil, and the message goes through ``send(_:now:)``, which parks or refuses it.
+    @inline(__always)
+    mutating func sendNow(topicBytes: Int, bodyBytes: Int) -> UInt64? {
+        guard self.state == .open, !self.outbound.isBlocked,
+            Self.fits(topicBytes: topicBytes, bodyBytes: bodyBytes, peerMaxFrame: self.peerMaxFrame)
+        else { return nil }
+        defer { self.nextSequence += 1 }
+        return self.nextSequence
+    }
+
+    /// The application sends `message`. The time is asked for only when a REQUEST's deadline
+    /// needs it (a clock read per message would cost the DATA path).
+    @inline(__always)
+    mutating func send(_ message: OutboundMessage, now: @autoclosure () -> NIODeadline) -> SendAction {
         if self.outbound.isBlocked {
             if self.isOpen {
                 if case .offer = message.kind {
@@ -77,11 +99,12 @@ extension SessionStateMachine {
                 return .refuse(message, MessagingError(.closing, "the peer cannot take more now"))
             }
         }
-        return self.number(message, now: now)
+        return self.number(message, now: now())
     }
 
     /// Gives `message` its DATA id, or refuses it.
-    private mutating func number(_ message: OutboundMessage, now: NIODeadline) -> SendAction {
+    @inline(__always)
+    private mutating func number(_ message: OutboundMessage, now: @autoclosure () -> NIODeadline) -> SendAction {
         let id: UInt64
         do {
             id = try self.prepareData(
@@ -96,13 +119,13 @@ extension SessionStateMachine {
             return .write(message, id: id, requestDeadline: nil)
         }
         self.pendingRequests[id] = response
-        return .write(message, id: id, requestDeadline: now + timeout)
+        return .write(message, id: id, requestDeadline: now() + timeout)
     }
 
     /// The next parked send, once sending is allowed again (call until nil).
-    mutating func unpark(now: NIODeadline) -> SendAction? {
+    mutating func unpark(now: @autoclosure () -> NIODeadline) -> SendAction? {
         guard self.isOpen, let message = self.outbound.unpark() else { return nil }
-        return self.number(message, now: now)
+        return self.number(message, now: now())
     }
 
     /// A REQUEST's timer fired: the request waiting, if it still is.

@@ -68,7 +68,9 @@ struct SessionStateMachine {
 
     private(set) var configuration: Configuration
     var state: State = .idle
-    var peerHello: Hello?
+    var peerHello: Hello? {
+        didSet { self.peerMaxFrame = Frame.payloadLimit(announced: self.peerHello?.maxFrame) }
+    }
     var nextSequence: UInt64 = 1
     var lastPeerSequence: UInt64 = 0
     /// REQUEST ids received and not yet answered.
@@ -115,10 +117,8 @@ struct SessionStateMachine {
     var isOpen: Bool { self.state == .open }
     var isClosed: Bool { self.state == .closed }
 
-    /// The largest payload the peer accepts.
-    var peerMaxFrame: Int {
-        Frame.payloadLimit(announced: self.peerHello?.maxFrame)
-    }
+    /// The largest payload the peer accepts (set from its HELLO).
+    private(set) var peerMaxFrame = Frame.payloadLimit(announced: nil)
 
     /// The peer's heartbeat interval, or the protocol default when its HELLO has none.
     var peerHeartbeatInterval: TimeAmount {
