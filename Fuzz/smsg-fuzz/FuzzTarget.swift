@@ -59,6 +59,9 @@ enum FuzzTarget {
             Self.checkOutput(channel, &output)
         }
         _ = try? channel.finish()
+        // The pipeline lets go of its handlers (and the session of its channel) in a task of
+        // the loop's: run it.
+        channel.embeddedEventLoop.run()
     }
 
     /// Everything the handler wrote is a sequence of valid frames.
