@@ -1,39 +1,5 @@
 import NIOCore
 
-/// A message for the peer, as the application handed it over.
-struct OutboundMessage {
-    enum Kind {
-        /// An ordinary send: waits (parked) while sending is blocked when `mayWait`, else is
-        /// refused.
-        case send(mayWait: Bool)
-        /// A broadcast's send: parked within the session's bound while sending is blocked; a
-        /// session that would need more is a slow consumer.
-        case offer
-        /// A REQUEST: its RESPONSE completes `response`, or `timeout` after it is written fails it.
-        case request(timeout: TimeAmount, response: EventLoopPromise<Message>)
-    }
-
-    var topic: String
-    var body: ByteBuffer
-    var flags: DataFlags
-    var kind: Kind
-    /// Completed once the frame is written (not for requests: their promise is `response`).
-    var written: EventLoopPromise<Void>?
-    /// Told the DATA id the message was given, once it has one.
-    var onID: (@Sendable (UInt64) -> Void)?
-
-    /// The DATA payload bytes (topic length, topic, body).
-    var payloadBytes: Int { 1 + self.topic.utf8.count + self.body.readableBytes }
-
-    /// Fails whatever waits for this message.
-    func fail(_ error: any Error) {
-        self.written?.fail(error)
-        if case .request(_, let response) = self.kind {
-            response.fail(error)
-        }
-    }
-}
-
 /// Outbound flow control of one session (PROTOCOL.md "Flow control", DESIGN.md "Concurrency"):
 /// whether DATA may go now (the peer did not say SLOW_DOWN, the channel is under its write-buffer
 /// watermark), the sends parked until it may, in order, and the slow-consumer rule.
