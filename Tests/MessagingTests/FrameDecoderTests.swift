@@ -346,6 +346,29 @@ struct FrameDecoderTests {
         #expect(buffer.readableBytes == 0)
     }
 
+    @Test("room for a payload is made only after its header was reported (and so checked by the session)")
+    func roomAfterHeaderCheck() throws {
+        var assembler = FrameAssembler(maxFrame: 65_536)
+        var start = makeHeader(length: 60_000, type: 0x02, id: 1)
+        start.writeRepeatingByte(7, count: 10)
+        assembler.append(start)
+        guard case .header(let header) = try assembler.next() else {
+            Issue.record("expected the header first")
+            return
+        }
+        #expect(header.length == 60_000)
+        #expect(assembler.partialCapacity < 1_000, "only the 34 bytes that came are kept")
+        #expect(try assembler.next() == .needMoreData)
+        var rest = ByteBuffer()
+        rest.writeRepeatingByte(7, count: 59_990)
+        assembler.append(rest)
+        guard case .frame(let frame) = try assembler.next() else {
+            Issue.record("expected the whole frame")
+            return
+        }
+        #expect(frame.payload.readableBytes == 60_000)
+    }
+
     @Test("drip-fed, whole and batched input give the same frames")
     func verifier() throws {
         var pairs: [(ByteBuffer, [Frame])] = validSamples.map { ($0.bytes, [$0.frame]) }

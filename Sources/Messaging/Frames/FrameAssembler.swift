@@ -43,6 +43,9 @@ struct FrameAssembler {
     /// Whether bytes wait to be assembled (a frame still arriving, or input not looked at).
     var hasBufferedBytes: Bool { self.input != nil || self.partial != nil }
 
+    /// The room taken by a frame still arriving (for tests of when room is made).
+    var partialCapacity: Int { self.partial?.capacity ?? 0 }
+
     /// Adds bytes read from the connection.
     mutating func append(_ bytes: ByteBuffer) {
         guard bytes.readableBytes > 0 else { return }
