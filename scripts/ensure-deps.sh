@@ -13,21 +13,4 @@ fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "ensure-deps: installing ${missing[*]}" >&2
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-deps: please install ${missing[*]} (OpenSSL 3 with headers) and run again" >&2
-    exit 1
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        sudo="sudo"
-    else
-        echo "ensure-deps: need root (or sudo) to install ${missing[*]}" >&2
-        exit 1
-    fi
-fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-    $sudo apt-get update -q >/dev/null
-    $sudo apt-get install -y --no-install-recommends "${missing[@]}"
-}
+"$(dirname "$0")/apt-install.sh" "${missing[@]}"

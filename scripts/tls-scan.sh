@@ -12,8 +12,7 @@ scripts/ensure-deps.sh
 scripts/gen-certs.sh >/dev/null
 PORT=${PORT:-19690}
 if ! command -v sslscan >/dev/null; then
-    sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
-    $sudo apt-get install -y -q sslscan >&2
+    scripts/apt-install.sh sslscan >&2
 fi
 SSLYZE=$(command -v sslyze || true)
 if [ -z "$SSLYZE" ]; then
