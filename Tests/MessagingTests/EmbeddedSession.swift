@@ -78,6 +78,11 @@ final class EmbeddedSession {
     }
 
     func receive(_ frames: Frame...) throws {
+        try self.receive(frames: frames)
+    }
+
+    /// Frames from the peer, all in one read.
+    func receive(frames: [Frame]) throws {
         var bytes = ByteBuffer()
         for frame in frames {
             FrameEncoder().encode(frame, allocator: self.channel.allocator) { part in

@@ -151,23 +151,12 @@ struct SessionMachineTimingTests {
     func outboundFlow() {
         var machine = Self.openServer { $0.offerLimit = 10 }
         _ = machine.receive(Frame(type: .flow, payload: ByteBuffer(bytes: [1])), now: Self.start)
-        let body = ByteBuffer(string: "12345")
-        guard
-            case .parked = machine.send(
-                OutboundMessage(topic: "t", body: body, flags: [], kind: .offer),
-                now: Self.start
-            )
-        else {
-            Issue.record("expected the offer to be parked")
-            return
-        }
-        guard
-            case .slowConsumer = machine.send(
-                OutboundMessage(topic: "t", body: body, flags: [], kind: .offer),
-                now: Self.start
-            )
-        else {
-            Issue.record("expected a slow consumer past the 10-byte bound")
+        // Each offer is 7 payload bytes (topic length, "t", 5 bytes of body).
+        let offer = OutboundMessage(topic: "t", body: ByteBuffer(string: "12345"), flags: [], kind: .offer)
+        let first = machine.send(offer, now: Self.start)
+        let second = machine.send(offer, now: Self.start)
+        guard case .parked = first, case .slowConsumer = second else {
+            Issue.record("expected the first offer parked, the second a slow consumer past the 10-byte bound")
             return
         }
 

@@ -15,6 +15,19 @@ struct SessionTimingTests {
         return configuration
     }
 
+    /// An open server session limited to 10 messages a second, with a receiver that counts.
+    static func rateLimited(gracePeriod: TimeAmount) throws -> (EmbeddedSession, CountingReceiver) {
+        let receiver = CountingReceiver()
+        let side = try EmbeddedSession(
+            configuration: Self.configuration {
+                $0.flowControl.rateLimit = RateLimit(messagesPerSecond: 10, gracePeriod: gracePeriod)
+            },
+            receiver: receiver
+        )
+        try side.open()
+        return (side, receiver)
+    }
+
     @Test("a quiet session PINGs once per interval, and a silent peer is timed out at 3 × the interval")
     func heartbeatAndTimeout() throws {
         let side = try EmbeddedSession(configuration: Self.configuration { $0.heartbeatInterval = .seconds(1) })
@@ -130,22 +143,8 @@ struct SessionTimingTests {
 
     @Test("the rate limit: a burst in one read is delivered at the rate as time passes, in order")
     func rateLimitSpreadsABurst() throws {
-        let receiver = CountingReceiver()
-        let side = try EmbeddedSession(
-            configuration: Self.configuration {
-                $0.flowControl.rateLimit = RateLimit(messagesPerSecond: 10, gracePeriod: .seconds(30))
-            },
-            receiver: receiver
-        )
-        try side.open()
-        var burst = ByteBuffer()
-        for index in 1...30 {
-            FrameEncoder().encode(side.data(body: "\(index)"), allocator: side.channel.allocator) { part in
-                var part = part
-                burst.writeBuffer(&part)
-            }
-        }
-        try side.receive(bytes: burst)
+        let (side, receiver) = try Self.rateLimited(gracePeriod: .seconds(30))
+        try side.receive(frames: (1...30).map { side.data(body: "\($0)") })
         // A full bucket of 10, and the one that took it below zero.
         #expect(receiver.messages.count == 11)
         side.advance(.milliseconds(500))
@@ -160,22 +159,8 @@ struct SessionTimingTests {
 
     @Test("a peer over the rate limit for longer than the grace period gets OVERLOADED")
     func rateLimitGrace() throws {
-        let receiver = CountingReceiver()
-        let side = try EmbeddedSession(
-            configuration: Self.configuration {
-                $0.flowControl.rateLimit = RateLimit(messagesPerSecond: 10, gracePeriod: .seconds(1))
-            },
-            receiver: receiver
-        )
-        try side.open()
-        var burst = ByteBuffer()
-        for _ in 1...100 {
-            FrameEncoder().encode(side.data(), allocator: side.channel.allocator) { part in
-                var part = part
-                burst.writeBuffer(&part)
-            }
-        }
-        try side.receive(bytes: burst)
+        let (side, receiver) = try Self.rateLimited(gracePeriod: .seconds(1))
+        try side.receive(frames: (1...100).map { _ in side.data() })
         side.advance(.milliseconds(999))
         #expect(EmbeddedSession.errorCode(in: try side.written()) == nil)
         side.advance(.milliseconds(1))
