@@ -49,7 +49,14 @@ extension SessionHandler {
         }
     }
 
-    func rateLimitTimerFired(context: ChannelHandlerContext) {
+    func armRateLimitTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        self.io.rateLimitTimer = self.schedule(at: deadline, context: context) { handler, context in
+            handler.io.rateLimitTimer = nil
+            handler.rateLimitTimerFired(context: context)
+        }
+    }
+
+    private func rateLimitTimerFired(context: ChannelHandlerContext) {
         let now = context.eventLoop.now
         switch self.machine.rateLimitTimerFired(now: now) {
         case .none:
@@ -57,10 +64,7 @@ extension SessionHandler {
         case .fail(let violation):
             self.sendError(violation, context: context)
         case .wait(let until):
-            self.io.rateLimitTimer = self.schedule(at: until, context: context) { handler, context in
-                handler.io.rateLimitTimer = nil
-                handler.rateLimitTimerFired(context: context)
-            }
+            self.armRateLimitTimer(at: until, context: context)
         case .resumeReading:
             self.assembleFrames(now: now, context: context)
             self.resumeReadingIfHeld(context: context)

@@ -202,10 +202,7 @@ final class SessionHandler: ChannelDuplexHandler {
                 // Over the rate limit: what is left waits for the refill, so a large read
                 // cannot carry a burst past the limit.
                 if self.io.rateLimitTimer == nil, let wake = self.machine.rateLimitWake(now: now) {
-                    self.io.rateLimitTimer = self.schedule(at: wake, context: context) { handler, context in
-                        handler.io.rateLimitTimer = nil
-                        handler.rateLimitTimerFired(context: context)
-                    }
+                    self.armRateLimitTimer(at: wake, context: context)
                 }
                 return
             }
@@ -270,6 +267,7 @@ final class SessionHandler: ChannelDuplexHandler {
             self.answerGoodbye(context: context)
         case .goodbyeComplete:
             self.io.phaseTimer?.cancel()
+            self.io.phaseTimer = nil
             self.close(context: context, mode: .all, promise: nil)
         }
     }

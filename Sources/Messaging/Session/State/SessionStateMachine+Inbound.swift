@@ -27,9 +27,6 @@ extension SessionStateMachine {
         case goodbyeComplete
     }
 
-    /// When the heartbeat timer first fires, once the session is open.
-    var nextHeartbeat: NIODeadline? { self.heartbeatStart }
-
     /// Checks the place in the sequence of a frame whose payload is still arriving, so that a
     /// peer cannot make us buffer a whole frame that is already out of order.
     /// The header of a frame still arriving came: the ERROR to send (the session is then closed)
@@ -104,7 +101,7 @@ extension SessionStateMachine {
         self.peerHello = hello
         self.state = .open
         self.phase = nil
-        self.heartbeatStart = self.heartbeat.start(peerMilliseconds: hello.heartbeatMilliseconds, now: now)
+        self.nextHeartbeat = self.heartbeat.start(peerMilliseconds: hello.heartbeatMilliseconds, now: now)
         let reply = self.configuration.role == .server ? self.configuration.hello : nil
         return .opened(peer: hello, reply: reply)
     }

@@ -78,8 +78,8 @@ struct SessionStateMachine {
     /// Our REQUESTs waiting for their RESPONSE.
     var pendingRequests: [UInt64: EventLoopPromise<Message>] = [:]
     var heartbeat: HeartbeatStateMachine
-    /// When the heartbeat timer first fires (set when the session opens).
-    var heartbeatStart: NIODeadline?
+    /// When the heartbeat timer first fires, once the session is open.
+    var nextHeartbeat: NIODeadline?
     var outbound: OutboundFlowStateMachine
     var rateLimiter: RateLimiter?
     /// What the phase timer is armed for, if anything.
@@ -121,14 +121,10 @@ struct SessionStateMachine {
     private(set) var peerMaxFrame = Frame.payloadLimit(announced: nil)
 
     /// The peer's heartbeat interval, or the protocol default when its HELLO has none.
-    var peerHeartbeatInterval: TimeAmount {
-        .milliseconds(Int64(self.peerHello?.heartbeatMilliseconds ?? 5000))
-    }
+    var peerHeartbeatInterval: TimeAmount { self.heartbeat.peerInterval }
 
     /// Silence longer than this means the peer is gone: 3 × the larger interval.
-    var heartbeatTimeout: TimeAmount {
-        HeartbeatStateMachine.timeout(own: self.configuration.heartbeatInterval, peer: self.peerHeartbeatInterval)
-    }
+    var heartbeatTimeout: TimeAmount { self.heartbeat.timeout }
 
     // MARK: - Lifecycle
 
