@@ -4,6 +4,7 @@ import Logging
 import Messaging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import SMSGTestSupport
 import SecureTransport
 import Testing
@@ -28,8 +29,14 @@ enum ClusterCertificates {
     private static let lock = NIOLock()
 
     /// Makes (once) a client certificate whose CN and SAN DNS name are `name`.
-    static func client(_ name: String) throws -> (cert: String, key: String) {
-        try self.lock.withLock { try self.makeClient(name) }
+    ///
+    /// The openssl runs block their thread, so they run on NIO's thread pool: blocking Swift's
+    /// cooperative pool (two threads on a two-core machine) stalled every test in the process for
+    /// seconds on a clean clone, where no client certificate exists yet.
+    static func client(_ name: String) async throws -> (cert: String, key: String) {
+        try await NIOThreadPool.singleton.runIfActive {
+            try self.lock.withLock { try self.makeClient(name) }
+        }
     }
 
     private static func makeClient(_ name: String) throws -> (cert: String, key: String) {
@@ -81,10 +88,10 @@ enum ClusterCertificates {
         )
     }
 
-    static func collaboratorTransport(_ name: String?) throws -> TLSTransport {
+    static func collaboratorTransport(_ name: String?) async throws -> TLSTransport {
         var config = TLSConfiguration.makeClientConfiguration(trustRoots: .file(path("ca.pem")))
         if let name {
-            let (cert, key) = try client(name)
+            let (cert, key) = try await client(name)
             config.certificateChain = .file(cert)
             config.privateKey = .file(key)
         }
@@ -152,7 +159,7 @@ func startCollaborator(
     status: String? = nil,
     heartbeat: TimeAmount = .milliseconds(200),
     certificate: String? = nil
-) throws -> (Collaborator, Task<Void, any Error>) {
+) async throws -> (Collaborator, Task<Void, any Error>) {
     var configuration = CollaboratorConfiguration(nodeID: name, status: status)
     configuration.session.heartbeatInterval = heartbeat
     configuration.reconnect = ReconnectPolicy(
@@ -163,7 +170,7 @@ func startCollaborator(
     let collaborator = Collaborator(
         leaderHost: "127.0.0.1",
         leaderPort: port,
-        transport: try ClusterCertificates.collaboratorTransport(certificate ?? name),
+        transport: try await ClusterCertificates.collaboratorTransport(certificate ?? name),
         serverHostname: "localhost",
         configuration: configuration
     )

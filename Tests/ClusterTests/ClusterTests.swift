@@ -11,8 +11,8 @@ struct ClusterTests {
     func suspectThenGone() async throws {
         try await withLeader { leader, port, log in
             let proxy = try await FaultProxy.start(targetPort: port)
-            let (silent, silentRun) = try startCollaborator("collab-1", port: proxy.port)
-            let (graceful, gracefulRun) = try startCollaborator("collab-2", port: port)
+            let (silent, silentRun) = try await startCollaborator("collab-1", port: proxy.port)
+            let (graceful, gracefulRun) = try await startCollaborator("collab-2", port: port)
             await eventually("both joined") { leader.collaborators.filter { $0.state == .active }.count == 2 }
 
             proxy.setPaused(true)
@@ -50,7 +50,7 @@ struct ClusterTests {
                 _ = try await SecureClient.connect(
                     host: "127.0.0.1",
                     port: port,
-                    transport: try ClusterCertificates.collaboratorTransport("collab-2"),
+                    transport: try await ClusterCertificates.collaboratorTransport("collab-2"),
                     serverHostname: "localhost",
                     configuration: ClientConfiguration(nodeID: "collab-1")
                 )
@@ -63,7 +63,7 @@ struct ClusterTests {
                 _ = try await SecureClient.connect(
                     host: "127.0.0.1",
                     port: port,
-                    transport: try ClusterCertificates.collaboratorTransport(nil),
+                    transport: try await ClusterCertificates.collaboratorTransport(nil),
                     serverHostname: "localhost",
                     configuration: ClientConfiguration(nodeID: "collab-1")
                 )
@@ -86,7 +86,7 @@ struct ClusterTests {
             let first = try await SecureClient.connect(
                 host: "127.0.0.1",
                 port: port,
-                transport: try ClusterCertificates.collaboratorTransport("collab-1"),
+                transport: try await ClusterCertificates.collaboratorTransport("collab-1"),
                 serverHostname: "localhost",
                 configuration: firstConfiguration
             )
@@ -95,7 +95,7 @@ struct ClusterTests {
             let second = try await SecureClient.connect(
                 host: "127.0.0.1",
                 port: port,
-                transport: try ClusterCertificates.collaboratorTransport("collab-1"),
+                transport: try await ClusterCertificates.collaboratorTransport("collab-1"),
                 serverHostname: "localhost",
                 configuration: {
                     var configuration = ClientConfiguration(nodeID: "collab-1")
@@ -132,7 +132,7 @@ struct ClusterTests {
         let names = (1...5).map { "collab-\($0)" }
         var collaborators: [(Collaborator, Task<Void, any Error>)] = []
         for name in names {
-            collaborators.append(try startCollaborator(name, port: port))
+            collaborators.append(try await startCollaborator(name, port: port))
         }
         await eventually("joined") { first.collaborators.count == 5 }
 
@@ -166,12 +166,12 @@ struct ClusterLoadTests {
     func fiftyJoin() async throws {
         let names = (1...50).map { "collab-\($0)" }
         for name in names {
-            _ = try ClusterCertificates.client(name)
+            _ = try await ClusterCertificates.client(name)
         }
         try await withLeader { leader, port, log in
             var collaborators: [(Collaborator, Task<Void, any Error>)] = []
             for name in names {
-                collaborators.append(try startCollaborator(name, port: port, status: "ready"))
+                collaborators.append(try await startCollaborator(name, port: port, status: "ready"))
             }
             await eventually("50 collaborators", timeout: .seconds(30)) {
                 leader.collaborators.filter { $0.state == .active }.count == 50
@@ -206,7 +206,7 @@ struct ClusterLoadTests {
             var collaborators: [(Collaborator, Task<Void, any Error>)] = []
             for index in 1...5 {
                 let name = "collab-\(index)"
-                let (collaborator, running) = try startCollaborator(name, port: port, heartbeat: .seconds(1))
+                let (collaborator, running) = try await startCollaborator(name, port: port, heartbeat: .seconds(1))
                 if index == 5 {
                     // The stalled one: its handler never returns, so its queue fills up.
                     collaborator.on(topic: "news") { _, _ in
@@ -250,7 +250,7 @@ struct LeaderPolicyTests {
             let refused = try await SecureClient.connect(
                 host: "127.0.0.1",
                 port: port,
-                transport: try ClusterCertificates.collaboratorTransport("collab-2"),
+                transport: try await ClusterCertificates.collaboratorTransport("collab-2"),
                 serverHostname: "localhost",
                 configuration: ClientConfiguration(nodeID: "collab-2")
             )
@@ -260,7 +260,7 @@ struct LeaderPolicyTests {
             } catch let error as MessagingError {
                 #expect(error.errorCode == .unauthorized)
             }
-            let (allowed, running) = try startCollaborator("collab-1", port: port)
+            let (allowed, running) = try await startCollaborator("collab-1", port: port)
             await eventually("the allowed one joined") { leader.collaborator("collab-1")?.state == .active }
             #expect(leader.collaborator("collab-2")?.state != .active)
             await allowed.leave()
@@ -271,7 +271,7 @@ struct LeaderPolicyTests {
     @Test("status changes: at most one status PING per heartbeat interval, the latest status wins")
     func statusPingsAreRateLimited() async throws {
         try await withLeader(heartbeat: .seconds(1)) { leader, port, log in
-            let (collaborator, running) = try startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
+            let (collaborator, running) = try await startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
             await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
             for index in 1...5 {
                 collaborator.setStatus("step-\(index)")
@@ -296,7 +296,7 @@ struct LeaderRecordTests {
         // Heartbeats of a second: this test is about retention, and 200 ms heartbeats time out
         // (and reconnect) under the full parallel suite on two cores.
         try await withLeader(heartbeat: .seconds(1), configure: configure) { leader, port, _ in
-            let (collaborator, running) = try startCollaborator(
+            let (collaborator, running) = try await startCollaborator(
                 "collab-1",
                 port: port,
                 status: "ok",
@@ -325,7 +325,7 @@ struct LeaderRecordTests {
             weak var weakSession: Session?
             weak var weakChannel: (any Channel)?
             do {
-                let (collaborator, running) = try startCollaborator(
+                let (collaborator, running) = try await startCollaborator(
                     "collab-2",
                     port: port,
                     status: "ok",

@@ -49,7 +49,7 @@ struct EchoTests {
             // The client PINGs every 100 ms; the server answers each with a PONG. Those PONGs
             // must not count as the server's own heartbeat, or it would never PING.
             let client = try await connect(.plaintext, port: port) { $0.session.heartbeatInterval = .milliseconds(100) }
-            await eventually("both sides measured a round trip", timeout: .seconds(3)) {
+            await eventually("both sides measured a round trip") {
                 client.session.lastRoundTrip != nil && capture.all.first?.lastRoundTrip != nil
             }
             await client.close()

@@ -71,10 +71,10 @@ struct FlowControlTests {
             }
             await eventually("SLOW_DOWN at the client") { client.session.slowDownsReceived >= 1 }
             let serverSession = try #require(capture.all.first)
-            // The client stops sending DATA: the queue settles between the high watermark and
-            // the hard limit, and the sender is suspended.
-            try await Task.sleep(for: .milliseconds(300))
-            let queued = serverSession.queuedMessageCount
+            // The client stops sending DATA: once what was in flight has landed, the queue
+            // settles between the high watermark and the hard limit, and the sender is suspended.
+            await eventually("the sender suspended") { client.session.isSendBlocked }
+            let queued = await settled("the server's queue") { serverSession.queuedMessageCount }
             #expect(queued >= 1000)
             #expect(queued < 2000)
             #expect(client.session.isSendBlocked)

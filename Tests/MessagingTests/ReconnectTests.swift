@@ -62,7 +62,7 @@ struct ReconnectTests {
             clock: clock
         )
         let log = EventLog(client)
-        await eventually("gave up") { log.gaveUp }
+        await eventually("gave up", timeout: .seconds(30)) { log.gaveUp }
         _ = closed
         let attempts = log.attempts
         #expect(attempts.map(\.0) == [1, 2, 3, 4, 5, 6])
