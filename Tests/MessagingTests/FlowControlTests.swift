@@ -69,7 +69,7 @@ struct FlowControlTests {
                     try await client.send(topic: "flood", body: ByteBuffer(string: "\(index)"))
                 }
             }
-            await eventually("SLOW_DOWN at the client") { client.session.slowDownsReceived >= 1 }
+            await eventually("SLOW_DOWN at the client", timeout: .seconds(30)) { client.session.slowDownsReceived >= 1 }
             let serverSession = try #require(capture.all.first)
             // The client stops sending DATA: once what was in flight has landed, the queue
             // settles between the high watermark and the hard limit, and the sender is suspended.

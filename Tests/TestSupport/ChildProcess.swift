@@ -99,15 +99,24 @@ public final class ChildProcess: Sendable {
 }
 
 /// Runs a command to completion and returns its standard output.
+///
+/// The output goes to a file, not a pipe: reading a pipe to its end also waits for every other
+/// child that inherited its writing end (an `openssl s_server` another test starts at the same
+/// moment, say), which can be for as long as that test runs.
 public func runProcess(_ executable: String, _ arguments: [String]) throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = [executable] + arguments
-    let output = Pipe()
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("smsg-output-\(UUID())").path
+    guard FileManager.default.createFile(atPath: path, contents: nil), let output = FileHandle(forWritingAtPath: path)
+    else {
+        throw CocoaError(.fileWriteUnknown)
+    }
+    defer { try? FileManager.default.removeItem(atPath: path) }
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
     try process.run()
-    let data = output.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    try output.close()
+    return String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self)
 }
