@@ -46,7 +46,8 @@ enum FuzzTarget {
         session.attach(handler)
         try! channel.pipeline.syncOperations.addHandler(handler)
         _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        var output = FrameAssembler(maxFrame: Int(UInt32.max))
+        // Whatever extensions the peer's HELLO put in force, our frames must assemble.
+        var output = FrameAssembler(maxFrame: Int(UInt32.max), extensions: .all)
         var rest = bytes
         while rest.readableBytes > 0, channel.isActive {
             let piece = rest.readSlice(length: min(pieceSize, rest.readableBytes))!
@@ -78,9 +79,10 @@ enum FuzzTarget {
         }
     }
 
-    /// Every frame the assembler accepts encodes back to bytes that assemble to the same frame.
+    /// Every frame the assembler accepts (with every extension in force: HEADERS, FAILED and
+    /// CANCEL are checked too) encodes back to bytes that assemble to the same frame.
     static func checkRoundTrips(_ bytes: ByteBuffer) {
-        var assembler = FrameAssembler(maxFrame: Frame.minimumMaxFrame)
+        var assembler = FrameAssembler(maxFrame: Frame.minimumMaxFrame, extensions: .all)
         assembler.append(bytes)
         while case .frame(let frame)? = try? assembler.next() {
             var encoded = ByteBuffer()
@@ -88,18 +90,23 @@ enum FuzzTarget {
                 var part = part
                 encoded.writeBuffer(&part)
             }
-            var again = FrameAssembler(maxFrame: Frame.minimumMaxFrame)
+            var again = FrameAssembler(maxFrame: Frame.minimumMaxFrame, extensions: .all)
             again.append(encoded)
             precondition((try? again.next()) == .frame(frame), "a decoded frame did not survive encoding")
         }
     }
 }
 
-/// Answers every REQUEST and echoes every other message, on the event loop.
+/// Answers every REQUEST (with its headers back, or, when its body is empty, with a failure)
+/// and echoes every other message, on the event loop.
 final class Echo: MessageReceiver {
     func received(_ message: Message, session: LoopSession) {
         if message.isRequest {
-            session.respond(to: message, body: message.body)
+            if message.body.readableBytes == 0 {
+                session.respond(to: message, failure: RequestError(.invalidArgument, "empty"))
+            } else {
+                session.respond(to: message, headers: message.headers, body: message.body)
+            }
         } else if !message.isResponse {
             session.send(topic: message.topic, body: message.body)
         }

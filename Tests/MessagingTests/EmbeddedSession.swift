@@ -15,7 +15,8 @@ final class EmbeddedSession {
     let session: Session
     let handler: SessionHandler
     let halfClose = HalfCloseRecorder()
-    private var output = FrameAssembler(maxFrame: 1 << 24)
+    /// Reads what the handler writes, whatever extensions it uses.
+    private var output = FrameAssembler(maxFrame: 1 << 24, extensions: .all)
     private var nextPeerSequence: UInt64 = 1
 
     init(
@@ -56,19 +57,31 @@ final class EmbeddedSession {
         self.channel.embeddedEventLoop.advanceTime(by: amount)
     }
 
-    /// Server: the peer's HELLO arrives and ours goes out.
-    func open(peerHeartbeatMilliseconds: Int? = nil) throws {
+    /// Server: the peer's HELLO (listing `extensions`, when given) arrives and ours goes out.
+    func open(peerHeartbeatMilliseconds: Int? = nil, extensions: [String]? = nil) throws {
         try self.receive(
             Frame(
                 type: .hello,
                 payload: ByteBuffer(
-                    bytes: Hello(nodeID: "peer-1", role: "test", heartbeatMilliseconds: peerHeartbeatMilliseconds)
-                        .encoded()
+                    bytes: Hello(
+                        nodeID: "peer-1",
+                        role: "test",
+                        heartbeatMilliseconds: peerHeartbeatMilliseconds,
+                        extensions: extensions
+                    ).encoded()
                 )
             )
         )
         let reply = try self.written()
         #expect(reply.map(\.type) == [.hello])
+        #expect(self.session.currentState == .open)
+    }
+
+    /// Client: the server's HELLO (listing `extensions`, when given) arrives; the session opens.
+    func openAsClient(extensions: [String]? = nil) throws {
+        #expect(try self.written().map(\.type) == [.hello])
+        let hello = Hello(nodeID: "server", role: "server", sessionID: "s-9", extensions: extensions)
+        try self.receive(Frame(type: .hello, payload: ByteBuffer(bytes: hello.encoded())))
         #expect(self.session.currentState == .open)
     }
 
@@ -93,14 +106,52 @@ final class EmbeddedSession {
         try self.receive(bytes: bytes)
     }
 
-    /// A DATA frame from the peer, numbered in sequence.
-    func data(topic: String = "t", body: String = "", flags: DataFlags = []) -> Frame {
+    /// A DATA frame from the peer, numbered in sequence; with `headers` (in order, as given)
+    /// it has the HEADERS flag and a header block.
+    func data(
+        topic: String = "t",
+        body: String = "",
+        flags: DataFlags = [],
+        headers: [(String, String)]? = nil
+    ) -> Frame {
         defer { self.nextPeerSequence += 1 }
+        return Self.dataFrame(topic: topic, body: body, flags: flags, id: self.nextPeerSequence, headers: headers)
+    }
+
+    /// A DATA frame (a RESPONSE takes the id it answers); see ``data(topic:body:flags:headers:)``.
+    static func dataFrame(
+        topic: String = "t",
+        body: String = "",
+        flags: DataFlags = [],
+        id: UInt64,
+        headers: [(String, String)]? = nil
+    ) -> Frame {
         var payload = ByteBuffer()
         payload.writeInteger(UInt8(topic.utf8.count))
         payload.writeString(topic)
+        var flags = flags
+        if let headers {
+            flags.insert(.headers)
+            var block = Self.headerBlock(headers)
+            payload.writeBuffer(&block)
+        }
         payload.writeString(body)
-        return Frame(type: .data, flags: flags.rawValue, id: self.nextPeerSequence, payload: payload)
+        return Frame(type: .data, flags: flags.rawValue, id: id, payload: payload)
+    }
+
+    /// A header block: `block_len`, then each entry as given (nothing is checked).
+    static func headerBlock(_ headers: [(String, String)]) -> ByteBuffer {
+        var entries = ByteBuffer()
+        for (name, value) in headers {
+            entries.writeInteger(UInt8(name.utf8.count))
+            entries.writeString(name)
+            entries.writeInteger(UInt16(value.utf8.count))
+            entries.writeString(value)
+        }
+        var block = ByteBuffer()
+        block.writeInteger(UInt16(entries.readableBytes))
+        block.writeBuffer(&entries)
+        return block
     }
 
     /// The frames the handler wrote since the last call.

@@ -245,7 +245,8 @@ struct ReconnectTests {
             disconnectedSends: .wait(capacity: 1)
         )
         let pending = Task { try await waiting.request(topic: "later", body: ByteBuffer(string: "hi")) }
-        try await Task.sleep(for: .milliseconds(100))
+        // The request takes the one place to wait (else the send below would take it, and wait).
+        await eventually("the request waits for a connection") { waiting.waitingForConnectionCount == 1 }
         do {
             try await waiting.send(topic: "t", body: ByteBuffer())
             Issue.record("expected outboxFull")

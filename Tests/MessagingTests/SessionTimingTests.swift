@@ -234,7 +234,7 @@ struct SessionTimingTests {
                 topic: "q",
                 body: ByteBuffer(),
                 flags: .request,
-                kind: .request(timeout: .seconds(3), response: response)
+                kind: .request(deadline: side.channel.embeddedEventLoop.now + .seconds(3), response: response)
             )
         )
         side.channel.embeddedEventLoop.run()

@@ -113,9 +113,14 @@ public final class SecureClient: Sendable {
     /// The messages received, in order.
     public var messages: InboundMessages { self.session.messages }
 
-    /// Sends a message; see ``Session/send(topic:body:ackRequested:)``.
-    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
-        try await self.session.send(topic: topic, body: body, ackRequested: ackRequested)
+    /// Sends a message; see ``Session/send(topic:headers:body:ackRequested:)``.
+    public func send(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        ackRequested: Bool = false
+    ) async throws {
+        try await self.session.send(topic: topic, headers: headers, body: body, ackRequested: ackRequested)
     }
 
     /// Sends a message if sending is not blocked; see ``Session/trySend(topic:body:)``.
@@ -124,9 +129,14 @@ public final class SecureClient: Sendable {
         self.session.trySend(topic: topic, body: body)
     }
 
-    /// Sends a REQUEST and waits for its RESPONSE; see ``Session/request(topic:body:timeout:)``.
-    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
-        try await self.session.request(topic: topic, body: body, timeout: timeout)
+    /// Sends a REQUEST and waits for its RESPONSE; see ``Session/request(topic:headers:body:timeout:)``.
+    public func request(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
+        try await self.session.request(topic: topic, headers: headers, body: body, timeout: timeout)
     }
 
     /// Closes gracefully (GOODBYE) and waits until the connection is closed.

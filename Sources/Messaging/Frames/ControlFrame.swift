@@ -9,6 +9,7 @@ enum ControlFrame {
     case flow(FlowSignal)
     case error(ProtocolViolation)
     case goodbye
+    case cancel(UInt64)
 
     func frame(allocator: ByteBufferAllocator) -> Frame {
         switch self {
@@ -31,6 +32,8 @@ enum ControlFrame {
             return Frame(type: .error, payload: payload)
         case .goodbye:
             return Frame(type: .goodbye)
+        case .cancel(let id):
+            return Frame(type: .cancel, id: id)
         }
     }
 

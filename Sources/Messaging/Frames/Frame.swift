@@ -17,8 +17,10 @@ public struct FrameType: Hashable, Sendable, CustomStringConvertible {
     public static let flow = FrameType(rawValue: 0x06)
     public static let error = FrameType(rawValue: 0x07)
     public static let goodbye = FrameType(rawValue: 0x08)
+    /// Only where the `cancel` extension is in force.
+    public static let cancel = FrameType(rawValue: 0x09)
 
-    /// Whether this version of the protocol defines the type.
+    /// Whether smsg/1 without extensions defines the type.
     public var isKnown: Bool { (0x01...0x08).contains(self.rawValue) }
 
     public var description: String {
@@ -31,6 +33,7 @@ public struct FrameType: Hashable, Sendable, CustomStringConvertible {
         case 0x06: "FLOW"
         case 0x07: "ERROR"
         case 0x08: "GOODBYE"
+        case 0x09: "CANCEL"
         default: "TYPE_\(self.rawValue)"
         }
     }
@@ -51,7 +54,12 @@ public struct DataFlags: OptionSet, Hashable, Sendable {
     /// The receiver sends ACK once the message was handed to its application.
     public static let ackRequested = DataFlags(rawValue: 0x04)
 
-    /// Every flag defined for DATA.
+    /// A header block follows the topic (the `headers` extension).
+    public static let headers = DataFlags(rawValue: 0x08)
+    /// A RESPONSE saying its REQUEST was not served (the `status` extension).
+    public static let failed = DataFlags(rawValue: 0x10)
+
+    /// Every flag smsg/1 defines for DATA without extensions.
     static let defined: DataFlags = [.request, .response, .ackRequested]
 }
 

@@ -27,6 +27,9 @@ struct FrameAssembler {
 
     /// The largest payload accepted.
     let maxFrame: Int
+    /// The extensions in force: the flags, types and payloads they define are valid only then
+    /// (set once the HELLOs are exchanged, before the frame after the HELLO is assembled).
+    var extensions: ProtocolExtensions = []
     private let allocator = ByteBufferAllocator()
     /// Bytes read and not yet looked at.
     private var input: ByteBuffer?
@@ -36,8 +39,9 @@ struct FrameAssembler {
     private var unpublishedFrames = 0
     private var unpublishedBytes = 0
 
-    init(maxFrame: Int = Frame.defaultMaxFrame) {
+    init(maxFrame: Int = Frame.defaultMaxFrame, extensions: ProtocolExtensions = []) {
         self.maxFrame = maxFrame
+        self.extensions = extensions
     }
 
     /// Whether bytes wait to be assembled (a frame still arriving, or input not looked at).
@@ -108,7 +112,7 @@ struct FrameAssembler {
                 return .needMoreData
             }
             // The frame is whole, or its header just is (validated, then reported).
-            if let frame = try Self.decodeFrame(&partial, maxFrame: self.maxFrame) {
+            if let frame = try Self.decodeFrame(&partial, maxFrame: self.maxFrame, extensions: self.extensions) {
                 self.unpublishedFrames += 1
                 self.unpublishedBytes += Frame.headerSize + frame.length
                 return .frame(frame)
@@ -124,7 +128,8 @@ struct FrameAssembler {
         guard self.input != nil else { return .needMoreData }
         // Decoded in place: the bytes read are sliced, not copied.
         let maxFrame = self.maxFrame
-        if let frame = try Self.decodeFrame(&self.input!, maxFrame: maxFrame) {
+        let extensions = self.extensions
+        if let frame = try Self.decodeFrame(&self.input!, maxFrame: maxFrame, extensions: extensions) {
             if self.input!.readableBytes == 0 {
                 self.input = nil
             }
@@ -165,13 +170,17 @@ struct FrameAssembler {
 
     /// Takes one whole frame off the front of `buffer`, or returns nil when more bytes are needed.
     func decodeFrame(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
-        try Self.decodeFrame(&buffer, maxFrame: self.maxFrame)
+        try Self.decodeFrame(&buffer, maxFrame: self.maxFrame, extensions: self.extensions)
     }
 
     /// ``decodeFrame(_:)`` for a `max_frame`: static, so that the assembler's own input can be
     /// decoded in place without a copy of the assembler.
     @inline(__always)
-    static func decodeFrame(_ buffer: inout ByteBuffer, maxFrame: Int) throws(ProtocolViolation) -> Frame? {
+    static func decodeFrame(
+        _ buffer: inout ByteBuffer,
+        maxFrame: Int,
+        extensions: ProtocolExtensions
+    ) throws(ProtocolViolation) -> Frame? {
         guard buffer.readableBytes >= Frame.headerSize else { return nil }
         // The whole header in one read of the buffer.
         let (length, type, flags, reserved, id, timestamp) = buffer.withUnsafeReadableBytes { bytes in
@@ -190,13 +199,14 @@ struct FrameAssembler {
             flags: flags,
             reserved: reserved,
             id: id,
-            maxFrame: maxFrame
+            maxFrame: maxFrame,
+            extensions: extensions
         )
 
         guard buffer.readableBytes >= Frame.headerSize + length else { return nil }
         buffer.moveReaderIndex(forwardBy: Frame.headerSize)
         let payload = buffer.readSlice(length: length)!
-        try Self.validatePayload(type: type, payload: payload)
+        try Self.validatePayload(type: type, flags: flags, payload: payload)
         return Frame(type: type, flags: flags, id: id, timestamp: timestamp, payload: payload)
     }
 
@@ -206,21 +216,25 @@ struct FrameAssembler {
         flags: UInt8,
         reserved: UInt16,
         id: UInt64,
-        maxFrame: Int
+        maxFrame: Int,
+        extensions: ProtocolExtensions = []
     ) throws(ProtocolViolation) {
         if length > maxFrame {
             throw ProtocolViolation(.frameTooLarge, "frame length \(length) exceeds max_frame \(maxFrame)")
         }
-        guard type.isKnown else {
+        guard type.isKnown || (type == .cancel && extensions.contains(.cancel)) else {
             throw ProtocolViolation(.protocolError, "unknown frame type \(type.rawValue)")
         }
         if type == .data {
             let dataFlags = DataFlags(rawValue: flags)
-            guard dataFlags.isSubset(of: .defined) else {
+            guard dataFlags.isSubset(of: .defined) || dataFlags.isSubset(of: Self.dataFlags(extensions)) else {
                 throw ProtocolViolation(.protocolError, "undefined DATA flags")
             }
             guard !dataFlags.isSuperset(of: [.request, .response]) else {
                 throw ProtocolViolation(.protocolError, "DATA cannot be both REQUEST and RESPONSE")
+            }
+            if dataFlags.contains(.failed), !dataFlags.contains(.response) {
+                throw ProtocolViolation(.protocolError, "FAILED only goes with RESPONSE")
             }
         } else if flags != 0 {
             throw ProtocolViolation(.protocolError, "undefined flags on \(type)")
@@ -231,11 +245,13 @@ struct FrameAssembler {
         switch type {
         case .hello, .flow, .error, .goodbye:
             guard id == 0 else { throw ProtocolViolation(.protocolError, "\(type) id must be zero") }
+        case .cancel:
+            guard id != 0 else { throw ProtocolViolation(.protocolError, "CANCEL id must not be zero") }
         default:
             break
         }
         switch type {
-        case .ack, .pong, .goodbye:
+        case .ack, .pong, .goodbye, .cancel:
             guard length == 0 else { throw ProtocolViolation(.protocolError, "\(type) payload must be empty") }
         case .flow:
             guard length == 1 else { throw ProtocolViolation(.protocolError, "FLOW payload must be one byte") }
@@ -255,7 +271,16 @@ struct FrameAssembler {
         }
     }
 
-    static func validatePayload(type: FrameType, payload: ByteBuffer) throws(ProtocolViolation) {
+    /// The DATA flags valid with `extensions` in force.
+    @inline(__always)
+    static func dataFlags(_ extensions: ProtocolExtensions) -> DataFlags {
+        var flags = DataFlags.defined
+        if extensions.contains(.headers) { flags.insert(.headers) }
+        if extensions.contains(.status) { flags.insert(.failed) }
+        return flags
+    }
+
+    static func validatePayload(type: FrameType, flags: UInt8 = 0, payload: ByteBuffer) throws(ProtocolViolation) {
         switch type {
         case .flow:
             let value = payload.getInteger(at: payload.readerIndex, as: UInt8.self)!
@@ -275,6 +300,18 @@ struct FrameAssembler {
             let topic = payload.getSlice(at: payload.readerIndex + 1, length: topicLength)!
             guard topic.isValidUTF8 else {
                 throw ProtocolViolation(.protocolError, "DATA topic is not UTF-8")
+            }
+            let dataFlags = DataFlags(rawValue: flags)
+            guard dataFlags.contains(.headers) || dataFlags.contains(.failed) else { return }
+            var rest = payload.getSlice(
+                at: payload.readerIndex + 1 + topicLength,
+                length: payload.readableBytes - 1 - topicLength
+            )!
+            if dataFlags.contains(.headers) {
+                _ = try MessageHeaders.readBlock(&rest, isRequest: dataFlags.contains(.request), keep: false)
+            }
+            if dataFlags.contains(.failed) {
+                try RequestError.validate(body: rest)
             }
         default:
             break

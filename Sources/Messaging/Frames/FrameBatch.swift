@@ -53,27 +53,30 @@ struct FrameBatch {
         body: ByteBuffer,
         flags: DataFlags,
         id: UInt64,
+        headers: MessageHeaders? = nil,
         allocator: @autoclosure () -> ByteBufferAllocator
     ) -> (started: Bool, separateBody: ByteBuffer?) {
         let topicBytes = topic.utf8.count
         let bodyBytes = body.readableBytes
-        let length = 1 + topicBytes + bodyBytes
+        let headerBytes = headers.map { 2 + $0.blockBytes } ?? 0
+        let length = 1 + topicBytes + headerBytes + bodyBytes
         self.count(Frame.headerSize + length)
         let copyBody = bodyBytes < FrameEncoder.copyLimit
         let started = self.start(
-            size: Frame.headerSize + 1 + topicBytes + (copyBody ? bodyBytes : 0),
+            size: Frame.headerSize + 1 + topicBytes + headerBytes + (copyBody ? bodyBytes : 0),
             allocator: allocator()
         )
         FrameEncoder.writeHeader(
             length: length,
             type: .data,
-            flags: flags.rawValue,
+            flags: headers == nil ? flags.rawValue : flags.union(.headers).rawValue,
             id: id,
             timestamp: self.timestamp,
             into: &self.buffer!
         )
         self.buffer!.writeInteger(UInt8(topicBytes))
         self.buffer!.writeString(topic)
+        headers?.writeBlock(into: &self.buffer!)
         guard copyBody else { return (started, body) }
         self.buffer!.writeImmutableBuffer(body)
         return (started, nil)

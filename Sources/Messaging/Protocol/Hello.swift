@@ -17,6 +17,9 @@ public struct Hello: Hashable, Sendable {
     public var metadata: [String: String]
     /// The session id (`session_id`), a non-empty string in the server's HELLO only.
     public var sessionID: String?
+    /// The extensions the sender supports (`extensions`), as listed; `nil` when the key is
+    /// absent (a peer that knows no extension). Not sent when `nil`.
+    public var extensions: [String]?
 
     /// The smallest `max_frame` a HELLO may carry.
     static let minimumMaxFrame = 65_536
@@ -32,13 +35,15 @@ public struct Hello: Hashable, Sendable {
     ///   - maxFrame: The largest payload the sender accepts, if given; at least 65,536.
     ///   - metadata: Free-form string metadata.
     ///   - sessionID: The session id; only the server's HELLO has one.
+    ///   - extensions: The extensions the sender supports, if it lists any.
     public init(
         nodeID: String,
         role: String,
         heartbeatMilliseconds: Int? = nil,
         maxFrame: Int? = nil,
         metadata: [String: String] = [:],
-        sessionID: String? = nil
+        sessionID: String? = nil,
+        extensions: [String]? = nil
     ) {
         self.nodeID = nodeID
         self.role = role
@@ -46,6 +51,12 @@ public struct Hello: Hashable, Sendable {
         self.maxFrame = maxFrame
         self.metadata = metadata
         self.sessionID = sessionID
+        self.extensions = extensions
+    }
+
+    /// The extensions of ours that the sender lists (unknown names are not among them).
+    public var supportedExtensions: ProtocolExtensions {
+        ProtocolExtensions(names: self.extensions ?? [])
     }
 
     /// Whether `id` is a valid node id: 1 to 128 characters, each one of `A–Z a–z 0–9 . _ : @ -`.
@@ -71,7 +82,8 @@ public struct Hello: Hashable, Sendable {
 
     /// The HELLO payload: the JSON object
     /// `{"protocol":"smsg","version":1,"node_id":…,"role":…}` followed, inside it, by
-    /// `heartbeat_ms`, `max_frame`, `metadata` (when not empty) and `session_id` when set.
+    /// `heartbeat_ms`, `max_frame`, `metadata` (when not empty), `session_id` and `extensions`
+    /// when set.
     func encoded() -> [UInt8] {
         var output: [UInt8] = []
         output.append(contentsOf: #"{"protocol":"smsg","version":1,"node_id":"#.utf8)
@@ -91,6 +103,10 @@ public struct Hello: Hashable, Sendable {
         if let sessionID = self.sessionID {
             output.append(contentsOf: #","session_id":"#.utf8)
             JSONValue.serialize(string: sessionID, into: &output)
+        }
+        if let extensions = self.extensions {
+            output.append(contentsOf: #","extensions":"#.utf8)
+            JSONValue.array(extensions.map { .string($0) }).serialize(into: &output)
         }
         output.append(UInt8(ascii: "}"))
         return output
@@ -187,6 +203,26 @@ public struct Hello: Hashable, Sendable {
             }
         }
 
+        var extensions: [String]? = nil
+        if let value = object["extensions"] {
+            guard case .array(let elements) = value else {
+                throw ProtocolViolation.protocolError("HELLO extensions must be an array of strings")
+            }
+            var names: [String] = []
+            for element in elements {
+                guard case .string(let name) = element, ProtocolExtensions.isValidName(name) else {
+                    throw ProtocolViolation.protocolError(
+                        "HELLO extensions must be names of 1 to 64 characters of a-z 0-9 -"
+                    )
+                }
+                guard !names.contains(name) else {
+                    throw ProtocolViolation.protocolError("HELLO extensions lists \(name) twice")
+                }
+                names.append(name)
+            }
+            extensions = names
+        }
+
         var sessionID: String? = nil
         if expectSessionID {
             guard let value = object["session_id"] else {
@@ -204,7 +240,8 @@ public struct Hello: Hashable, Sendable {
             heartbeatMilliseconds: heartbeatMilliseconds,
             maxFrame: maxFrame,
             metadata: metadata,
-            sessionID: sessionID
+            sessionID: sessionID,
+            extensions: extensions
         )
     }
 }

@@ -1,6 +1,7 @@
 public import NIOCore
 
-/// A DATA message: a topic and an opaque body.
+/// A DATA message: a topic, an opaque body and, where the `headers` extension is in force,
+/// headers.
 public struct Message: Sendable, Hashable {
     /// The topic, 0 to 255 bytes of UTF-8.
     public var topic: String
@@ -8,17 +9,62 @@ public struct Message: Sendable, Hashable {
     public var body: ByteBuffer
     /// The sender's sequence number, or for a RESPONSE the id of the REQUEST it answers.
     public var id: UInt64
-    /// REQUEST, RESPONSE, ACK_REQUESTED.
+    /// REQUEST, RESPONSE, ACK_REQUESTED (and HEADERS, FAILED as received).
     public var flags: DataFlags
     /// The sender's wall clock when it sent the message, in microseconds since the Unix epoch.
     public var timestamp: UInt64
+    /// What the extensions carried, when they carried anything: kept out of line so that a
+    /// message without headers stays as small as before.
+    var extras: Extras?
 
-    public init(topic: String, body: ByteBuffer, id: UInt64 = 0, flags: DataFlags = [], timestamp: UInt64 = 0) {
+    /// What the `headers` and `status` extensions add to a message.
+    final class Extras: Sendable, Hashable {
+        let headers: MessageHeaders
+        /// `smsg-timeout-ms` of a REQUEST.
+        let timeout: Duration?
+        /// When the responder gives up on a REQUEST with a timeout (its arrival plus the timeout).
+        let deadline: NIODeadline?
+        /// The outcome of a FAILED RESPONSE.
+        let failure: RequestError?
+
+        init(
+            headers: MessageHeaders,
+            timeout: Duration? = nil,
+            deadline: NIODeadline? = nil,
+            failure: RequestError? = nil
+        ) {
+            self.headers = headers
+            self.timeout = timeout
+            self.deadline = deadline
+            self.failure = failure
+        }
+
+        static func == (lhs: Extras, rhs: Extras) -> Bool {
+            lhs.headers == rhs.headers && lhs.timeout == rhs.timeout && lhs.deadline == rhs.deadline
+                && lhs.failure == rhs.failure
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(self.headers)
+            hasher.combine(self.timeout)
+            hasher.combine(self.failure)
+        }
+    }
+
+    public init(
+        topic: String,
+        body: ByteBuffer,
+        id: UInt64 = 0,
+        flags: DataFlags = [],
+        timestamp: UInt64 = 0,
+        headers: MessageHeaders = MessageHeaders()
+    ) {
         self.topic = topic
         self.body = body
         self.id = id
         self.flags = flags
         self.timestamp = timestamp
+        self.extras = headers.isEmpty ? nil : Extras(headers: headers)
     }
 
     /// Whether the sender waits for a RESPONSE to this message.
@@ -26,20 +72,64 @@ public struct Message: Sendable, Hashable {
     /// Whether this message answers a REQUEST.
     public var isResponse: Bool { self.flags.contains(.response) }
 
+    /// The headers (without the protocol's own `smsg-` ones); empty when none came.
+    public var headers: MessageHeaders {
+        get { self.extras?.headers ?? MessageHeaders() }
+        set {
+            self.extras = Extras(
+                headers: newValue,
+                timeout: self.extras?.timeout,
+                deadline: self.extras?.deadline,
+                failure: self.extras?.failure
+            )
+        }
+    }
+
+    /// For a REQUEST that said how long its requester waits (`smsg-timeout-ms`): that time.
+    public var timeout: Duration? { self.extras?.timeout }
+
+    /// For a RESPONSE with FAILED status: the outcome (its ``body`` is then empty).
+    public var failure: RequestError? { self.extras?.failure }
+
+    /// For a REQUEST with a timeout: when its responder gives up, on the event loop's clock.
+    var deadline: NIODeadline? { self.extras?.deadline }
+
     /// The largest topic in bytes.
     public static let maximumTopicBytes = 255
 
-    /// Reads a DATA frame the decoder has already validated.
-    init(dataFrame frame: Frame) {
+    /// Reads a DATA frame the assembler has already validated; `now` is when it arrived.
+    init(dataFrame frame: Frame, now: NIODeadline = .uptimeNanoseconds(0)) {
         var payload = frame.payload
         let topicLength = Int(payload.readInteger(as: UInt8.self)!)
         let topic = payload.readString(length: topicLength)!
-        self.init(
-            topic: topic,
-            body: payload,
-            id: frame.id,
-            flags: DataFlags(rawValue: frame.flags),
-            timestamp: frame.timestamp
+        let flags = DataFlags(rawValue: frame.flags)
+        self.topic = topic
+        self.id = frame.id
+        self.flags = flags
+        self.timestamp = frame.timestamp
+        guard flags.contains(.headers) || flags.contains(.failed) else {
+            self.body = payload
+            self.extras = nil
+            return
+        }
+        var received = MessageHeaders.Received()
+        if flags.contains(.headers) {
+            // Validated by the assembler: this read cannot fail.
+            received =
+                (try? MessageHeaders.readBlock(&payload, isRequest: flags.contains(.request), keep: true)) ?? received
+        }
+        let timeout = received.timeoutMilliseconds.map { Duration.milliseconds($0) }
+        var failure: RequestError?
+        if flags.contains(.failed) {
+            failure = RequestError(failedBody: payload)
+            payload.moveReaderIndex(to: payload.writerIndex)
+        }
+        self.body = payload
+        self.extras = Extras(
+            headers: received.headers,
+            timeout: timeout,
+            deadline: received.timeoutMilliseconds.map { now + .milliseconds(Int64($0)) },
+            failure: failure
         )
     }
 }

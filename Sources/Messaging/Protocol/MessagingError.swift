@@ -38,6 +38,10 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let outboxFull = Code("outbox full")
         /// No pooled connection became free within the acquire timeout.
         public static let acquireTimedOut = Code("acquire timed out")
+        /// A header with an invalid or reserved name, or headers over 16,384 bytes.
+        public static let invalidHeader = Code("invalid header")
+        /// The peer does not have the extension the call needs (see ``Session/extensions``).
+        public static let extensionNotInForce = Code("extension not in force")
 
         public var description: String { self.name }
     }
@@ -76,6 +80,8 @@ extension MessagingError {
             self.init(.topicTooLong, "a topic is at most 255 bytes")
         case .noSuchRequest:
             self.init(.noSuchRequest, "no REQUEST with that id is waiting for a response")
+        case .headersNotInForce:
+            self.init(.extensionNotInForce, "the peer does not have the headers extension: headers cannot be sent")
         }
     }
 }

@@ -130,15 +130,26 @@ public final class ReconnectingClient: Sendable {
     /// Messages sent with ACK requested that the server has not acknowledged yet.
     public var unacknowledgedCount: Int { self.state.withLockedValue { $0.unacked.count } }
 
+    /// Calls waiting for a connection now.
+    var waitingForConnectionCount: Int { self.state.withLockedValue { $0.waiters.count } }
+
     // MARK: - Sending
 
     /// Sends a message on the current connection, waiting for one if needed (see
     /// ``DisconnectedSendPolicy``). With `ackRequested`, the message is kept and repeated after
     /// reconnects until ACKed: once this returns, it is not lost while the client runs.
-    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
+    ///
+    /// `headers` go where the server has the `headers` extension; a send with ACK requested
+    /// carries none.
+    public func send(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        ackRequested: Bool = false
+    ) async throws {
         guard ackRequested else {
             let session = try await self.sessionForSending()
-            try await session.send(topic: topic, body: body)
+            try await session.send(topic: topic, headers: headers, body: body)
             return
         }
         _ = try await self.sendKept(topic: topic, body: body)
@@ -201,10 +212,45 @@ public final class ReconnectingClient: Sendable {
     }
 
     /// Sends a REQUEST on the current connection (waiting for one if needed) and waits for the
-    /// RESPONSE.
-    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
-        let session = try await self.sessionForSending()
-        return try await session.request(topic: topic, body: body, timeout: timeout)
+    /// RESPONSE; see ``Session/request(topic:headers:body:timeout:)``.
+    ///
+    /// `timeout` covers everything from this call: waiting for a connection, then the request
+    /// itself, which is sent with the time left.
+    public func request(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
+        let timeout = timeout ?? self.configuration.session.requestTimeout
+        let start = ContinuousClock.now
+        let session = try await self.sessionForSending(within: Duration.nanoseconds(timeout.nanoseconds))
+        let left = Duration.nanoseconds(timeout.nanoseconds) - (ContinuousClock.now - start)
+        guard left > .zero else {
+            throw MessagingError(.requestTimedOut, "no response in time")
+        }
+        let components = left.components
+        let nanoseconds = components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+        return try await session.request(topic: topic, headers: headers, body: body, timeout: .nanoseconds(nanoseconds))
+    }
+
+    /// ``sessionForSending()``, giving up after `limit`.
+    private func sessionForSending(within limit: Duration) async throws -> Session {
+        if let session = self.state.withLockedValue({ $0.session }) {
+            return session
+        }
+        return try await withThrowingTaskGroup(of: Session?.self) { group in
+            group.addTask { try await self.sessionForSending() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let session = try await group.next() ?? nil else {
+                throw MessagingError(.requestTimedOut, "no connection within the request's timeout")
+            }
+            return session
+        }
     }
 
     /// Stops reconnecting, closes the session gracefully and ends ``events`` and ``messages``.

@@ -45,10 +45,29 @@ public struct LoopSession {
         self.handler.offerNow(topic: topic, body: body)
     }
 
-    /// Answers a REQUEST; the topic defaults to the request's. Returns false when the session
-    /// is closed or the answer cannot be sent.
+    /// The extensions in force on the session.
+    public var extensions: ProtocolExtensions { self.handler.machine.extensions }
+
+    /// Answers a REQUEST; the topic defaults to the request's, and `headers` go where the peer
+    /// has the `headers` extension. Returns false when the session is closed or the answer
+    /// cannot be sent (headers that are invalid or that the peer cannot take included).
     @discardableResult
-    public func respond(to request: Message, topic: String? = nil, body: ByteBuffer) -> Bool {
-        self.handler.respondNow(to: request.id, topic: topic ?? request.topic, body: body)
+    public func respond(
+        to request: Message,
+        topic: String? = nil,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer
+    ) -> Bool {
+        if !headers.isEmpty {
+            do { try headers.validateForSending() } catch { return false }
+        }
+        return self.handler.respondNow(to: request.id, topic: topic ?? request.topic, headers: headers, body: body)
+    }
+
+    /// Answers a REQUEST with the outcome that it was not served (FAILED where the peer has the
+    /// `status` extension, else an empty body). Returns false when the session is closed.
+    @discardableResult
+    public func respond(to request: Message, failure: RequestError) -> Bool {
+        self.handler.respondNow(to: request.id, topic: request.topic, body: ByteBuffer(), failure: failure)
     }
 }

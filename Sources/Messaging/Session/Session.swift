@@ -26,6 +26,8 @@ public final class Session: Sendable {
     public var sessionID: String? { self.state.withLockedValue { $0.sessionID } }
     /// The peer's HELLO, once the session is open.
     public var peer: Hello? { self.state.withLockedValue { $0.peer } }
+    /// The extensions in force (both HELLOs list them), once the session is open.
+    public var extensions: ProtocolExtensions { self.state.withLockedValue { $0.extensions } }
     /// What the transport reported when it became ready (for TLS, the handshake's outcome).
     var transport: TransportReady? { self.state.withLockedValue { $0.transport } }
     /// The current state.
@@ -71,6 +73,7 @@ public final class Session: Sendable {
         var ended = false
         var sessionID: String?
         var peer: Hello?
+        var extensions: ProtocolExtensions = []
         var transport: TransportReady?
         var lastRoundTrip: TimeAmount?
         var peerFlow: FlowSignal = .resume
@@ -82,7 +85,14 @@ public final class Session: Sendable {
         // The listeners share the state's lock: one lock per session, not three.
         var peerStatusListener: (@Sendable (ByteBuffer) -> Void)?
         var ackListener: (@Sendable (UInt64) -> Void)?
+        /// Who waits for the peer to CANCEL a REQUEST, by its id.
+        var cancelWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// REQUESTs the peer cancelled before anyone waited for that (bounded).
+        var cancelledRequests: Set<UInt64> = []
     }
+
+    /// The most cancelled REQUEST ids kept for a ``waitForCancellation(of:)`` still to come.
+    static let cancelledRequestsKept = 4096
 
     init(
         channel: any Channel,
@@ -126,21 +136,39 @@ public final class Session: Sendable {
     /// Sends a message and reports, on the event loop, the DATA id it was given.
     func send(
         topic: String,
+        headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
         ackRequested: Bool,
         onID: (@Sendable (UInt64) -> Void)?
     ) async throws {
+        try Task.checkCancellation()
+        try headers.validateForSending()
         let promise = self.channel.eventLoop.makePromise(of: Void.self)
         let message = OutboundMessage(
             topic: topic,
             body: body,
             flags: ackRequested ? .ackRequested : [],
             kind: .send(mayWait: true),
+            headers: headers,
             written: promise,
             onID: onID
         )
         self.send(message)
-        try await promise.futureResult.get()
+        try await self.wait(for: promise)
+    }
+
+    /// Waits for `promise`; when the calling task is cancelled first, the message it waits for
+    /// is given up (dropped while parked, CANCELled once sent as a REQUEST) and this throws
+    /// `CancellationError`.
+    private func wait<Value: Sendable>(for promise: EventLoopPromise<Value>) async throws -> Value {
+        let waiter = ObjectIdentifier(promise.futureResult)
+        return try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            self.onLoop { handler in
+                handler?.abandon(waiter: waiter, because: CancellationError())
+            }
+        }
     }
 
     /// Called with the id of every ACK received (on the event loop).
@@ -155,8 +183,18 @@ public final class Session: Sendable {
     ///   - topic: at most 255 bytes of UTF-8.
     ///   - body: the payload, sent as it is.
     ///   - ackRequested: ask the peer to ACK once its application has taken it.
-    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
-        try await self.send(topic: topic, body: body, ackRequested: ackRequested, onID: nil)
+    ///   - headers: sent where the peer has the `headers` extension (see ``extensions``);
+    ///     elsewhere headers are refused with ``MessagingError/Code/extensionNotInForce``.
+    ///
+    /// Cancelling the calling task gives the send up while it waits (it is then not sent) and
+    /// throws `CancellationError`.
+    public func send(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        ackRequested: Bool = false
+    ) async throws {
+        try await self.send(topic: topic, headers: headers, body: body, ackRequested: ackRequested, onID: nil)
     }
 
     /// Whether a message of this size could be sent to the peer at all (topic at most 255
@@ -209,36 +247,140 @@ public final class Session: Sendable {
 
     /// Sends a REQUEST and waits for its RESPONSE.
     ///
-    /// - Throws: ``MessagingError`` with ``MessagingError/Code/requestTimedOut`` when no
-    ///   RESPONSE comes within `timeout`, ``MessagingError/Code/connectionClosed`` when the
-    ///   connection is lost first.
-    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
+    /// `timeout` counts from this call, waiting to send included; where the peer has the
+    /// `headers` extension it travels with the REQUEST (`smsg-timeout-ms`) so that the
+    /// responder gives up when the requester does. When it passes, or the calling task is
+    /// cancelled, the request is given up and the peer told with CANCEL (where it has the
+    /// `cancel` extension); an answer that comes later is ignored.
+    ///
+    /// - Throws: ``RequestError`` when the responder answers that it did not serve the request
+    ///   (a FAILED RESPONSE); ``MessagingError`` with ``MessagingError/Code/requestTimedOut``
+    ///   when no RESPONSE comes within `timeout`, ``MessagingError/Code/connectionClosed`` when
+    ///   the connection is lost first; `CancellationError` when the calling task is cancelled.
+    public func request(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
+        try Task.checkCancellation()
+        try headers.validateForSending(extraBytes: Self.timeoutHeaderBytes)
         let promise = self.channel.eventLoop.makePromise(of: Message.self)
-        let timeout = timeout ?? self.configuration.requestTimeout
+        let deadline = self.channel.eventLoop.now + (timeout ?? self.configuration.requestTimeout)
         self.send(
             OutboundMessage(
                 topic: topic,
                 body: body,
                 flags: .request,
-                kind: .request(timeout: timeout, response: promise)
+                kind: .request(deadline: deadline, response: promise),
+                headers: headers
             )
         )
-        return try await promise.futureResult.get()
+        let response = try await self.wait(for: promise)
+        if let failure = response.failure {
+            throw failure
+        }
+        return response
     }
 
-    /// Answers a REQUEST. The topic defaults to the request's.
-    public func respond(to request: Message, topic: String? = nil, body: ByteBuffer) async throws {
+    /// The most a request's `smsg-timeout-ms` header takes in its block.
+    static let timeoutHeaderBytes = 1 + MessageHeaders.timeoutName.utf8.count + 2 + 10
+
+    /// Answers a REQUEST. The topic defaults to the request's; `headers` are sent where the peer
+    /// has the `headers` extension.
+    public func respond(
+        to request: Message,
+        topic: String? = nil,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer
+    ) async throws {
+        try headers.validateForSending()
+        try await self.respond(to: request, topic: topic, headers: headers, body: body, failure: nil)
+    }
+
+    /// Answers a REQUEST with the outcome that it was not served: a FAILED RESPONSE with the
+    /// error's code and message where the peer has the `status` extension, else (a plain smsg/1
+    /// peer) a RESPONSE with an empty body.
+    public func respond(to request: Message, failure: RequestError) async throws {
+        try await self.respond(to: request, topic: nil, headers: MessageHeaders(), body: ByteBuffer(), failure: failure)
+    }
+
+    private func respond(
+        to request: Message,
+        topic: String?,
+        headers: MessageHeaders,
+        body: ByteBuffer,
+        failure: RequestError?
+    ) async throws {
         let promise = self.channel.eventLoop.makePromise(of: Void.self)
         let topic = topic ?? request.topic
         let id = request.id
+        self.forgetCancellation(of: id)
         self.onLoop { handler in
             guard let handler else {
                 promise.fail(MessagingError(.connectionClosed, "the connection closed"))
                 return
             }
-            handler.sendResponse(to: id, topic: topic, body: body, promise: promise)
+            handler.sendResponse(
+                to: id,
+                topic: topic,
+                headers: headers,
+                body: body,
+                failure: failure,
+                promise: promise
+            )
         }
         try await promise.futureResult.get()
+    }
+
+    /// Returns once no one waits for the answer to `request` any more: the peer CANCELled it
+    /// (`true`), or the connection ended (`true`); or when the calling task is cancelled
+    /// (`false`). A responder races its work against this to stop work nobody wants.
+    public func waitForCancellation(of request: Message) async -> Bool {
+        let id = request.id
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let now: Bool? = self.state.withLockedValue { state in
+                    if state.ended { return true }
+                    if state.cancelledRequests.remove(id) != nil { return true }
+                    if Task.isCancelled { return false }
+                    state.cancelWaiters[id] = continuation
+                    return nil
+                }
+                if let now {
+                    continuation.resume(returning: now)
+                }
+            }
+        } onCancel: {
+            let waiter = self.state.withLockedValue { $0.cancelWaiters.removeValue(forKey: id) }
+            waiter?.resume(returning: false)
+        }
+    }
+
+    /// How many wait in ``waitForCancellation(of:)`` (for tests).
+    var cancelWaiterCount: Int { self.state.withLockedValue { $0.cancelWaiters.count } }
+
+    /// The peer CANCELled the REQUEST `id` (on the event loop).
+    func requestCancelled(id: UInt64) {
+        let waiter = self.state.withLockedValue { state in
+            if let waiter = state.cancelWaiters.removeValue(forKey: id) {
+                return Optional(waiter)
+            }
+            if state.cancelledRequests.count >= Self.cancelledRequestsKept {
+                state.cancelledRequests.remove(state.cancelledRequests.first!)
+            }
+            state.cancelledRequests.insert(id)
+            return nil
+        }
+        waiter?.resume(returning: true)
+    }
+
+    private func forgetCancellation(of id: UInt64) {
+        self.state.withLockedValue { state in
+            if !state.cancelledRequests.isEmpty {
+                state.cancelledRequests.remove(id)
+            }
+        }
     }
 
     /// Closes gracefully: GOODBYE, then waits for the peer's GOODBYE (or the drain timeout)
@@ -325,9 +467,10 @@ public final class Session: Sendable {
         self.state.withLockedValue { $0.transport = ready }
     }
 
-    func opened(peer: Hello) {
+    func opened(peer: Hello, extensions: ProtocolExtensions = []) {
         self.state.withLockedValue {
             $0.peer = peer
+            $0.extensions = extensions
             if $0.sessionID == nil {
                 $0.sessionID = peer.sessionID
             }
@@ -336,7 +479,7 @@ public final class Session: Sendable {
     }
 
     func connectionEnded(failure: MessagingError?) {
-        self.state.withLockedValue {
+        let cancelWaiters = self.state.withLockedValue {
             if !$0.ended {
                 $0.closeReason = failure
                 $0.ended = true
@@ -345,6 +488,14 @@ public final class Session: Sendable {
             // Nothing more can be heard; the listeners (which may refer to this session) go.
             $0.peerStatusListener = nil
             $0.ackListener = nil
+            $0.cancelledRequests.removeAll()
+            let waiters = Array($0.cancelWaiters.values)
+            $0.cancelWaiters.removeAll()
+            return waiters
+        }
+        // No one can take an answer any more.
+        for waiter in cancelWaiters {
+            waiter.resume(returning: true)
         }
         self.inbound.finish(error: failure)
         self.openPromise.fail(failure ?? MessagingError(.connectionClosed, "the connection closed before HELLO"))

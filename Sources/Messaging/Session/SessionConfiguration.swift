@@ -15,6 +15,10 @@ public struct SessionConfiguration: Sendable, Hashable {
     public var flowControl = FlowControlConfiguration()
     /// How long a request waits for its RESPONSE unless the call says otherwise.
     public var requestTimeout: TimeAmount = .seconds(30)
+    /// The extensions this side lists in its HELLO (all it supports, by default); each is in
+    /// force on a session whose peer lists it too. Empty: a plain smsg/1 peer, whose HELLO has
+    /// no `extensions` key.
+    public var extensions: ProtocolExtensions = .all
 
     public init() {}
 
@@ -27,7 +31,8 @@ public struct SessionConfiguration: Sendable, Hashable {
             heartbeatMilliseconds: max(1, Int(self.heartbeatInterval.nanoseconds / 1_000_000)),
             maxFrame: self.maxFrame,
             metadata: metadata,
-            sessionID: sessionID
+            sessionID: sessionID,
+            extensions: self.extensions.isEmpty ? nil : self.extensions.names
         )
     }
 }

@@ -13,7 +13,35 @@ extension SessionHandler {
             message.fail(MessagingError(.connectionClosed, "the connection closed"))
             return
         }
+        if case .request(let deadline, let response) = message.kind {
+            // The deadline holds from now on, while parked as well as once written.
+            let waiter = ObjectIdentifier(response.futureResult)
+            self.io.requestTimers[waiter] = self.schedule(at: deadline, context: context) { handler, _ in
+                handler.io.requestTimers[waiter] = nil
+                handler.abandon(waiter: waiter, because: MessagingError(.requestTimedOut, "no response in time"))
+            }
+        }
         _ = self.carryOut(self.machine.send(message, now: context.eventLoop.now), context: context)
+    }
+
+    /// The caller waiting on `waiter` gives up with `error` (its deadline passed, or its task
+    /// was cancelled): a parked message is dropped, a sent REQUEST is CANCELled (where the
+    /// peer has the `cancel` extension) and its RESPONSE will be ignored.
+    func abandon(waiter: ObjectIdentifier, because error: any Error) {
+        self.io.requestTimers.removeValue(forKey: waiter)?.cancel()
+        guard let context = self.io.context else { return }
+        switch self.machine.abandon(waiter: waiter) {
+        case .notWaiting:
+            return
+        case .parked(let message):
+            message.fail(error)
+            self.session.sendBlocked.store(self.machine.isSendBlocked, ordering: .relaxed)
+        case .sent(let id, let response, let sendCancel):
+            response.fail(error)
+            if sendCancel {
+                self.writeControl(.cancel(id), context: context, flush: false)
+            }
+        }
     }
 
     /// A broadcast's send: written now if possible, else parked within the session's bound;
@@ -36,17 +64,9 @@ extension SessionHandler {
     @inline(__always)
     private func carryOut(_ action: SessionStateMachine.SendAction, context: ChannelHandlerContext) -> Bool {
         switch action {
-        case .write(let message, let id, let requestDeadline):
+        case .write(let message, let id, let headers):
             message.onID?(id)
-            if let requestDeadline, case .request(let timeout, _) = message.kind {
-                self.io.requestTimers[id] = self.schedule(at: requestDeadline, context: context) { handler, _ in
-                    handler.io.requestTimers[id] = nil
-                    handler.machine.requestTimedOut(id: id)?.fail(
-                        MessagingError(.requestTimedOut, "no response within \(timeout)")
-                    )
-                }
-            }
-            self.writeData(message, id: id, context: context)
+            self.writeData(message, id: id, headers: headers, context: context)
             self.scheduleFlush(context: context)
             return true
         case .parked:
@@ -57,15 +77,22 @@ extension SessionHandler {
             if case .send = message.kind, self.machine.isSendBlocked {
                 self.metrics?.backpressureEvents.increment()
             }
+            self.cancelRequestTimer(of: message)
             message.fail(error)
             return false
         case .slowConsumer(let message, let violation):
+            self.cancelRequestTimer(of: message)
             message.fail(MessagingError(.closing, "the peer is a slow consumer"))
             self.metrics?.slowConsumers.increment()
             self.logger.info("closing a slow consumer: its broadcast backlog passed the bound")
             self.sendError(violation, context: context)
             return false
         }
+    }
+
+    private func cancelRequestTimer(of message: OutboundMessage) {
+        guard case .request = message.kind, let waiter = message.waiter else { return }
+        self.io.requestTimers.removeValue(forKey: waiter)?.cancel()
     }
 
     /// Sends what was parked, in order, while the peer and the channel take it; then publishes
@@ -78,11 +105,14 @@ extension SessionHandler {
         self.resumeReadingIfHeld(context: context)
     }
 
-    /// Answers a REQUEST; `onRefusal` runs when the answer cannot be sent.
+    /// Answers a REQUEST with `body`, or with `failure` (FAILED where the `status` extension is
+    /// in force, else an empty body); `onRefusal` runs when the answer cannot be sent.
     func sendResponse(
         to requestID: UInt64,
         topic: String,
+        headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
+        failure: RequestError? = nil,
         promise: EventLoopPromise<Void>?,
         onRefusal: () -> Void = {}
     ) {
@@ -91,31 +121,64 @@ extension SessionHandler {
             onRefusal()
             return
         }
+        var body = body
+        var flags = DataFlags.response
+        if let failure {
+            (body, flags) = self.machine.failedResponse(failure)
+        }
+        let message = OutboundMessage(
+            topic: topic,
+            body: body,
+            flags: flags,
+            kind: .send(mayWait: true),
+            headers: headers,
+            written: promise
+        )
+        let blockHeaders: MessageHeaders?
         do {
-            try self.machine.respond(to: requestID, topicBytes: topic.utf8.count, bodyBytes: body.readableBytes)
+            blockHeaders = try self.machine.outboundHeaders(message, now: context.eventLoop.now)
+            try self.machine.respond(
+                to: requestID,
+                topicBytes: topic.utf8.count,
+                bodyBytes: body.readableBytes + (blockHeaders.map { 2 + $0.blockBytes } ?? 0)
+            )
         } catch {
             promise?.fail(self.machine.failure ?? MessagingError(error))
             onRefusal()
             return
         }
-        let message = OutboundMessage(topic: topic, body: body, flags: .response, kind: .send(mayWait: true))
-        var written = message
-        written.written = promise
-        self.writeData(written, id: requestID, context: context)
+        self.writeData(message, id: requestID, headers: blockHeaders, context: context)
         self.scheduleFlush(context: context)
-        if self.machine.answerGoodbyeIfReady() {
-            self.io.phaseTimer?.cancel()
-            self.io.phaseTimer = nil
-            self.writeControl(.goodbye, context: context, flush: true)
-            context.close(promise: nil)
-        }
+        self.answerGoodbyeIfReady(context: context)
+    }
+
+    /// Sends the GOODBYE owed to the peer, and closes, once no RESPONSE is owed any more.
+    func answerGoodbyeIfReady(context: ChannelHandlerContext) {
+        guard self.machine.answerGoodbyeIfReady() else { return }
+        self.io.phaseTimer?.cancel()
+        self.io.phaseTimer = nil
+        self.writeControl(.goodbye, context: context, flush: true)
+        context.close(promise: nil)
     }
 
     /// A RESPONSE from a ``LoopSession``; says whether it was written.
-    func respondNow(to requestID: UInt64, topic: String, body: ByteBuffer) -> Bool {
+    func respondNow(
+        to requestID: UInt64,
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        failure: RequestError? = nil
+    ) -> Bool {
         guard self.io.context != nil, !self.machine.isClosed else { return false }
         var written = true
-        self.sendResponse(to: requestID, topic: topic, body: body, promise: nil) { written = false }
+        self.sendResponse(
+            to: requestID,
+            topic: topic,
+            headers: headers,
+            body: body,
+            failure: failure,
+            promise: nil
+        ) { written = false }
         return written
     }
 
@@ -156,12 +219,18 @@ extension SessionHandler {
     }
 
     /// Encodes a DATA frame into the batch (a large body goes after the batch, uncopied).
-    private func writeData(_ message: OutboundMessage, id: UInt64, context: ChannelHandlerContext) {
+    private func writeData(
+        _ message: OutboundMessage,
+        id: UInt64,
+        headers: MessageHeaders?,
+        context: ChannelHandlerContext
+    ) {
         self.writeData(
             topic: message.topic,
             body: message.body,
             flags: message.flags,
             id: id,
+            headers: headers,
             promise: message.written,
             context: context
         )
@@ -173,6 +242,7 @@ extension SessionHandler {
         body: ByteBuffer,
         flags: DataFlags,
         id: UInt64,
+        headers: MessageHeaders? = nil,
         promise: EventLoopPromise<Void>?,
         context: ChannelHandlerContext
     ) {
@@ -181,6 +251,7 @@ extension SessionHandler {
             body: body,
             flags: flags,
             id: id,
+            headers: headers,
             allocator: context.channel.allocator
         )
         if started {

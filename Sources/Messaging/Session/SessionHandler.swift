@@ -39,7 +39,8 @@ final class SessionHandler: ChannelDuplexHandler {
         var phaseTimer: Scheduled<Void>?
         var slowConsumerTimer: Scheduled<Void>?
         var rateLimitTimer: Scheduled<Void>?
-        var requestTimers: [UInt64: Scheduled<Void>] = [:]
+        /// A timer per REQUEST, by its caller (the future it waits on).
+        var requestTimers: [ObjectIdentifier: Scheduled<Void>] = [:]
         /// Frames were written and not flushed yet; a flush is due at the end of this tick.
         var flushPending = false
         var flushScheduled = false
@@ -238,9 +239,12 @@ final class SessionHandler: ChannelDuplexHandler {
             self.deliver(message, context: context)
         case .response(let message):
             if let promise = self.machine.takeRequest(id: message.id) {
-                self.io.requestTimers.removeValue(forKey: message.id)?.cancel()
+                self.io.requestTimers.removeValue(forKey: ObjectIdentifier(promise.futureResult))?.cancel()
                 promise.succeed(message)
             }
+        case .requestCancelled(let id):
+            self.session.requestCancelled(id: id)
+            self.answerGoodbyeIfReady(context: context)
         case .opened(let peer, let reply):
             self.opened(peer: peer, reply: reply, context: context)
         case .sendPong(let id):
@@ -283,11 +287,13 @@ final class SessionHandler: ChannelDuplexHandler {
         }
         self.io.phaseTimer?.cancel()
         self.io.phaseTimer = nil
+        // The frames after the peer's HELLO may use the extensions both listed.
+        self.assembler.extensions = self.machine.extensions
         if let reply {
             self.writeControl(.hello(reply), context: context, flush: true)
         }
         self.session.publish(self.machine.lifecycle)
-        self.session.opened(peer: peer)
+        self.session.opened(peer: peer, extensions: self.machine.extensions)
         if let first = self.machine.nextHeartbeat {
             self.armHeartbeat(at: first, context: context)
         }

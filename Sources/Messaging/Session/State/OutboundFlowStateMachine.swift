@@ -64,6 +64,16 @@ struct OutboundFlowStateMachine {
         return message
     }
 
+    /// Takes out the parked message whose waiter is `waiter` (its caller gave up), if it is parked.
+    mutating func removeParked(waiter: ObjectIdentifier) -> OutboundMessage? {
+        guard let index = self.parked.firstIndex(where: { $0.waiter == waiter }) else { return nil }
+        let message = self.parked.remove(at: index)
+        if case .offer = message.kind {
+            self.parkedOfferBytes = max(0, self.parkedOfferBytes - message.payloadBytes)
+        }
+        return message
+    }
+
     /// Everything still parked (the session ended).
     mutating func removeAllParked() -> CircularBuffer<OutboundMessage> {
         defer {

@@ -25,6 +25,8 @@ extension SessionStateMachine {
         case goodbyeReceived
         /// Both sides said GOODBYE: close.
         case goodbyeComplete
+        /// The peer gave up the REQUEST `id` it made (CANCEL): stop its work; no RESPONSE is owed.
+        case requestCancelled(id: UInt64)
     }
 
     /// Checks the place in the sequence of a frame whose payload is still arriving, so that a
@@ -99,6 +101,7 @@ extension SessionStateMachine {
             return .fail(self.failed(ProtocolViolation(.unauthorized, "node_id does not match the client certificate")))
         }
         self.peerHello = hello
+        self.extensions = self.configuration.hello.supportedExtensions.intersection(hello.supportedExtensions)
         self.state = .open
         self.phase = nil
         self.nextHeartbeat = self.heartbeat.start(peerMilliseconds: hello.heartbeatMilliseconds, now: now)
@@ -140,6 +143,10 @@ extension SessionStateMachine {
             }
         case .hello:
             return self.violation("second HELLO")
+        case .cancel:
+            // A CANCEL for a REQUEST we are not serving (answered already, never received) is ignored.
+            guard self.owedResponses.remove(frame.id) != nil else { return .none }
+            return .requestCancelled(id: frame.id)
         default:
             return self.violation("unexpected \(frame.type)")
         }
@@ -148,7 +155,7 @@ extension SessionStateMachine {
     private mutating func receiveData(_ frame: Frame, now: NIODeadline) -> InboundAction {
         let flags = DataFlags(rawValue: frame.flags)
         if flags.contains(.response) {
-            return .response(Message(dataFrame: frame))
+            return .response(Message(dataFrame: frame, now: now))
         }
         if case .draining(_, receivedGoodbye: true) = self.state {
             return self.violation("DATA after GOODBYE")
@@ -160,7 +167,7 @@ extension SessionStateMachine {
         if flags.contains(.request) {
             self.owedResponses.insert(frame.id)
         }
-        let message = Message(dataFrame: frame)
+        let message = Message(dataFrame: frame, now: now)
         if self.rateLimiter != nil {
             let over = self.rateLimiter!.take(messages: 1, bytes: InboundQueue.size(of: message), now: now)
             if over, self.rateLimiter!.overGrace(now: now) {
@@ -186,7 +193,9 @@ extension SessionStateMachine {
 
     /// The request waiting for the RESPONSE to `id`, taken off the list.
     mutating func takeRequest(id: UInt64) -> EventLoopPromise<Message>? {
-        self.pendingRequests.removeValue(forKey: id)
+        guard let promise = self.pendingRequests.removeValue(forKey: id) else { return nil }
+        self.requestIDs[ObjectIdentifier(promise.futureResult)] = nil
+        return promise
     }
 
     /// What the application's taking a message calls for.

@@ -7,12 +7,15 @@ extension SessionStateMachine {
         case tooLarge(limit: Int)
         case topicTooLong
         case noSuchRequest
+        /// Headers on a session where the peer does not have the `headers` extension.
+        case headersNotInForce
     }
 
     /// What to do with a message the application hands over.
     enum SendAction {
-        /// Write it as DATA `id` (and, for a REQUEST, arm its timer for `requestDeadline`).
-        case write(OutboundMessage, id: UInt64, requestDeadline: NIODeadline?)
+        /// Write it as DATA `id`, with `headers` (the message's, and the request's timeout)
+        /// when the `headers` extension is in force.
+        case write(OutboundMessage, id: UInt64, headers: MessageHeaders?)
         /// Sending is blocked: it waits, parked, for ``unpark(now:)``.
         case parked
         /// It cannot be sent: fail its waiters with `error`.
@@ -105,21 +108,50 @@ extension SessionStateMachine {
     /// Gives `message` its DATA id, or refuses it.
     @inline(__always)
     private mutating func number(_ message: OutboundMessage, now: @autoclosure () -> NIODeadline) -> SendAction {
+        let headers: MessageHeaders?
+        do {
+            headers = try self.outboundHeaders(message, now: now())
+        } catch {
+            return .refuse(message, MessagingError(error))
+        }
         let id: UInt64
         do {
             id = try self.prepareData(
                 topicBytes: message.topic.utf8.count,
-                bodyBytes: message.body.readableBytes,
+                bodyBytes: message.body.readableBytes + (headers.map { 2 + $0.blockBytes } ?? 0),
                 flags: message.flags
             )
         } catch {
             return .refuse(message, self.failure ?? MessagingError(error))
         }
-        guard case .request(let timeout, let response) = message.kind else {
-            return .write(message, id: id, requestDeadline: nil)
+        if case .request(_, let response) = message.kind {
+            self.pendingRequests[id] = response
+            self.requestIDs[ObjectIdentifier(response.futureResult)] = id
         }
-        self.pendingRequests[id] = response
-        return .write(message, id: id, requestDeadline: now() + timeout)
+        return .write(message, id: id, headers: headers)
+    }
+
+    /// The header block `message` goes out with: nil without the `headers` extension (where
+    /// headers of the application's are refused) or when there is nothing to carry. A REQUEST
+    /// carries the time left until its deadline as `smsg-timeout-ms`.
+    @inline(__always)
+    func outboundHeaders(
+        _ message: OutboundMessage,
+        now: @autoclosure () -> NIODeadline
+    ) throws(SendRefusal) -> MessageHeaders? {
+        guard self.extensions.contains(.headers) else {
+            guard message.headers.isEmpty else { throw .headersNotInForce }
+            return nil
+        }
+        guard case .request(let deadline, _) = message.kind else {
+            return message.headers.isEmpty ? nil : message.headers
+        }
+        var headers = message.headers
+        let left = (deadline - now()).nanoseconds
+        // Whole milliseconds, rounded up so that a little time left is never sent as 0.
+        let milliseconds = min(max(1, (left + 999_999) / 1_000_000), Int64(Int32.max))
+        headers[MessageHeaders.timeoutName] = String(milliseconds)
+        return headers
     }
 
     /// The next parked send, once sending is allowed again (call until nil).
@@ -128,9 +160,37 @@ extension SessionStateMachine {
         return self.number(message, now: now())
     }
 
-    /// A REQUEST's timer fired: the request waiting, if it still is.
-    mutating func requestTimedOut(id: UInt64) -> EventLoopPromise<Message>? {
-        self.pendingRequests.removeValue(forKey: id)
+    /// What giving up a message's wait comes to.
+    enum Abandoned {
+        /// It is settled already (answered, written, or the connection ended).
+        case notWaiting
+        /// It was still parked: taken out, never sent; fail its waiter.
+        case parked(OutboundMessage)
+        /// The REQUEST `id` was sent: fail its waiter, and send CANCEL when `sendCancel`.
+        case sent(id: UInt64, response: EventLoopPromise<Message>, sendCancel: Bool)
+    }
+
+    /// The caller waiting on `waiter` gives up (its deadline passed, or its task was
+    /// cancelled): a parked message is dropped; a REQUEST already sent stops waiting, and the
+    /// peer is told with CANCEL where the `cancel` extension is in force.
+    mutating func abandon(waiter: ObjectIdentifier) -> Abandoned {
+        if let id = self.requestIDs.removeValue(forKey: waiter),
+            let response = self.pendingRequests.removeValue(forKey: id)
+        {
+            let sendCancel = self.extensions.contains(.cancel) && self.state != .closed
+            return .sent(id: id, response: response, sendCancel: sendCancel)
+        }
+        if let message = self.outbound.removeParked(waiter: waiter) {
+            return .parked(message)
+        }
+        return .notWaiting
+    }
+
+    /// The body and flags of a RESPONSE saying `failure`: FAILED with the code and message
+    /// where the `status` extension is in force, else an empty body (PROTOCOL.md "`status`").
+    func failedResponse(_ failure: RequestError) -> (body: ByteBuffer, flags: DataFlags) {
+        guard self.extensions.contains(.status) else { return (ByteBuffer(), .response) }
+        return (failure.body(), [.response, .failed])
     }
 
     /// Checks a RESPONSE to `requestID` may be sent, and marks it sent.

@@ -77,6 +77,11 @@ struct SessionStateMachine {
     var owedResponses: Set<UInt64> = []
     /// Our REQUESTs waiting for their RESPONSE.
     var pendingRequests: [UInt64: EventLoopPromise<Message>] = [:]
+    /// The id of each of ``pendingRequests`` by its caller (the future it waits on), to find it
+    /// when the caller gives up.
+    var requestIDs: [ObjectIdentifier: UInt64] = [:]
+    /// The extensions in force (both HELLOs list them), once the session is open.
+    var extensions: ProtocolExtensions = []
     var heartbeat: HeartbeatStateMachine
     /// When the heartbeat timer first fires, once the session is open.
     var nextHeartbeat: NIODeadline?
@@ -324,6 +329,7 @@ struct SessionStateMachine {
             parked: self.outbound.removeAllParked()
         )
         self.pendingRequests.removeAll()
+        self.requestIDs.removeAll()
         return ended
     }
 
