@@ -16,6 +16,8 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
     public var metadata: [String: String] = [:]
     public var session = SessionConfiguration()
     public var reconnect = ReconnectPolicy()
+    /// The most REQUESTs from the leader in handlers at once; beyond, RESOURCE_EXHAUSTED.
+    public var maximumConcurrentRequests = 64
 
     public init(nodeID: String, status: String? = nil) {
         self.nodeID = nodeID
@@ -29,7 +31,8 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
 public final class Collaborator: Service, Sendable {
     public let configuration: CollaboratorConfiguration
     private let client: ReconnectingClient
-    private let handlers = NIOLockedValueBox(TopicHandlers())
+    /// The handlers by topic (``on(topic:_:)``, ``onRequest(topic:_:)``).
+    public let router: Router
     private let status: NIOLockedValueBox<String?>
     /// When the last status PING went out, and whether one is already scheduled.
     private let statusPing = NIOLockedValueBox<(last: ContinuousClock.Instant?, scheduled: Bool)>((nil, false))
@@ -48,6 +51,7 @@ public final class Collaborator: Service, Sendable {
         logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.configuration = configuration
+        self.router = Router(maximumConcurrentRequests: configuration.maximumConcurrentRequests, logger: logger)
         let status = NIOLockedValueBox(configuration.status)
         self.status = status
         var client = ClientConfiguration(nodeID: configuration.nodeID)
@@ -78,17 +82,24 @@ public final class Collaborator: Service, Sendable {
     /// The session with the leader now, if connected.
     public var session: Session? { self.client.currentSession }
 
-    /// Runs `handler` for every DATA (not REQUEST) on `topic` from the leader.
-    public func on(topic: String, _ handler: @escaping @Sendable (Message, Session) async throws -> Void) {
-        self.handlers.withLockedValue { $0.messages[topic] = handler }
+    /// Runs `handler` for every DATA (not REQUEST) on `topic` from the leader; see ``Router``
+    /// for how failures and ordering are handled.
+    public func on(topic: String, _ handler: @escaping Router.MessageHandler) {
+        self.router.on(topic: topic, handler)
     }
 
-    /// Answers every REQUEST on `topic` from the leader with what `handler` returns.
+    /// Answers every REQUEST on `topic` from the leader with the body `handler` returns; a
+    /// thrown ``RequestError`` answers with its code, anything else thrown with FAILED.
     public func onRequest(
         topic: String,
-        _ handler: @escaping @Sendable (Message, Session) async throws -> ByteBuffer
+        _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
     ) {
-        self.handlers.withLockedValue { $0.requests[topic] = handler }
+        self.router.onRequest(topic: topic, handler)
+    }
+
+    /// Answers every REQUEST on `topic` with the headers and body `handler` returns.
+    public func onRequest(topic: String, _ handler: @escaping Router.RequestHandler) {
+        self.router.onRequest(topic: topic, handler)
     }
 
     /// Changes the status. The leader hears of it with an extra PING — at once, or, when a
@@ -129,8 +140,13 @@ public final class Collaborator: Service, Sendable {
     }
 
     /// Sends DATA to the leader (waiting for a connection if needed).
-    public func send(topic: String, body: ByteBuffer, ackRequested: Bool = false) async throws {
-        try await self.client.send(topic: topic, body: body, ackRequested: ackRequested)
+    public func send(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        ackRequested: Bool = false
+    ) async throws {
+        try await self.client.send(topic: topic, headers: headers, body: body, ackRequested: ackRequested)
     }
 
     /// Sends DATA to the leader and returns once the leader's application took it (its ACK
@@ -140,22 +156,25 @@ public final class Collaborator: Service, Sendable {
         try await self.client.sendAcknowledged(topic: topic, body: body)
     }
 
-    /// Sends a REQUEST to the leader and waits for the RESPONSE.
-    public func request(topic: String, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> Message {
-        try await self.client.request(topic: topic, body: body, timeout: timeout)
+    /// Sends a REQUEST to the leader and waits for the RESPONSE; the timeout covers waiting for
+    /// a connection too.
+    ///
+    /// - Throws: ``RequestError`` when the leader did not serve it (NO_HANDLER, FAILED, …).
+    public func request(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
+        try await self.client.request(topic: topic, headers: headers, body: body, timeout: timeout)
     }
 
     /// Handles the leader's messages until shut down; then leaves gracefully (GOODBYE).
     public func run() async throws {
         await withGracefulShutdownHandler {
-            for await received in self.client.messages {
-                do {
-                    try await self.handlers.withLockedValue { $0 }.dispatch(received.message, on: received.session)
-                } catch {
-                    // A handler's failure, or a lost connection while answering: keep serving.
-                    continue
-                }
-            }
+            // Handlers' failures are answered and logged by the router: it ends only when the
+            // client does.
+            _ = await self.router.serve(self.client.messages)
         } onGracefulShutdown: {
             Task { await self.client.close() }
         }

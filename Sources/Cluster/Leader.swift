@@ -15,6 +15,8 @@ public struct LeaderConfiguration: Sendable, Hashable {
     public var allowList: Set<String>?
     /// How long a gone collaborator's record is kept before it is removed.
     public var goneRetention: Duration = .seconds(60)
+    /// The most REQUESTs of one collaborator in handlers at once; beyond, RESOURCE_EXHAUSTED.
+    public var maximumConcurrentRequests = 64
 
     public init(host: String = "127.0.0.1", port: Int = 0) {
         self.server = ServerConfiguration(host: host, port: port)
@@ -39,7 +41,8 @@ public final class Leader: Service, Sendable {
 
     private let server: SecureMessagingServer
     private let state = NIOLockedValueBox(State())
-    private let handlers = NIOLockedValueBox(TopicHandlers())
+    /// The handlers by topic (``on(topic:_:)``, ``onRequest(topic:_:)``).
+    public let router: Router
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let logger: Logger
 
@@ -58,6 +61,7 @@ public final class Leader: Service, Sendable {
     ) {
         self.configuration = configuration
         self.logger = logger
+        self.router = Router(maximumConcurrentRequests: configuration.maximumConcurrentRequests, logger: logger)
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
         // The handler refers to the leader, which is not built yet: route through a box.
         let box = NIOLockedValueBox<Leader?>(nil)
@@ -76,17 +80,24 @@ public final class Leader: Service, Sendable {
 
     // MARK: - Configuration of handlers
 
-    /// Runs `handler` for every DATA (not REQUEST) on `topic` from any collaborator.
-    public func on(topic: String, _ handler: @escaping @Sendable (Message, Session) async throws -> Void) {
-        self.handlers.withLockedValue { $0.messages[topic] = handler }
+    /// Runs `handler` for every DATA (not REQUEST) on `topic` from any collaborator; see
+    /// ``Router`` for how failures and ordering are handled.
+    public func on(topic: String, _ handler: @escaping Router.MessageHandler) {
+        self.router.on(topic: topic, handler)
     }
 
-    /// Answers every REQUEST on `topic` with what `handler` returns.
+    /// Answers every REQUEST on `topic` from any collaborator with the body `handler` returns;
+    /// a thrown ``RequestError`` answers with its code, anything else thrown with FAILED.
     public func onRequest(
         topic: String,
-        _ handler: @escaping @Sendable (Message, Session) async throws -> ByteBuffer
+        _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
     ) {
-        self.handlers.withLockedValue { $0.requests[topic] = handler }
+        self.router.onRequest(topic: topic, handler)
+    }
+
+    /// Answers every REQUEST on `topic` with the headers and body `handler` returns.
+    public func onRequest(topic: String, _ handler: @escaping Router.RequestHandler) {
+        self.router.onRequest(topic: topic, handler)
     }
 
     // MARK: - Membership
@@ -114,18 +125,28 @@ public final class Leader: Service, Sendable {
     // MARK: - Reaching collaborators
 
     /// Sends a REQUEST to one collaborator and waits for its RESPONSE.
+    ///
+    /// - Throws: ``RequestError`` when the collaborator did not serve it (see
+    ///   ``Session/request(topic:headers:body:timeout:)``), ``MessagingError`` with
+    ///   ``MessagingError/Code/notConnected`` when it is not connected.
     public func request(
         to nodeID: String,
         topic: String,
+        headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
         timeout: TimeAmount? = nil
     ) async throws -> Message {
-        try await self.session(of: nodeID).request(topic: topic, body: body, timeout: timeout)
+        try await self.session(of: nodeID).request(topic: topic, headers: headers, body: body, timeout: timeout)
     }
 
     /// Sends DATA to one collaborator.
-    public func send(to nodeID: String, topic: String, body: ByteBuffer) async throws {
-        try await self.session(of: nodeID).send(topic: topic, body: body)
+    public func send(
+        to nodeID: String,
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        body: ByteBuffer
+    ) async throws {
+        try await self.session(of: nodeID).send(topic: topic, headers: headers, body: body)
     }
 
     /// Sends DATA to every connected collaborator without waiting on any of them; returns how
@@ -222,12 +243,13 @@ public final class Leader: Service, Sendable {
         }
 
         var reason = LeaveReason.graceful
-        do {
-            for try await message in session.messages {
-                try await self.handlers.withLockedValue { $0 }.dispatch(message, on: session)
-            }
-        } catch let error as MessagingError {
+        // Handlers' failures are answered and logged by the router: only the end of the
+        // connection ends this.
+        let ended = await self.router.serve(session.messages.map { SessionMessage(message: $0, session: session) })
+        if let error = ended as? MessagingError {
             reason = error.errorCode == .timeout ? .timeout : .connectionLost(error.reason)
+        } else if let ended {
+            reason = .connectionLost("\(ended)")
         }
         await session.waitUntilClosed()
         let stillCurrent = self.state.withLockedValue { state -> Bool in

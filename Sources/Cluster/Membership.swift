@@ -69,23 +69,3 @@ public enum MembershipEvent: Sendable, Hashable {
     case active(nodeID: String)
     case left(nodeID: String, reason: LeaveReason)
 }
-
-/// Handlers by topic, shared by ``Leader`` and ``Collaborator``.
-struct TopicHandlers: Sendable {
-    typealias MessageHandler = @Sendable (Message, Session) async throws -> Void
-    typealias RequestHandler = @Sendable (Message, Session) async throws -> ByteBuffer
-
-    var messages: [String: MessageHandler] = [:]
-    var requests: [String: RequestHandler] = [:]
-
-    /// Runs the handler for `message`: a REQUEST gets the request handler's answer (or an empty
-    /// RESPONSE when there is none, so the requester is not left waiting).
-    func dispatch(_ message: Message, on session: Session) async throws {
-        if message.isRequest {
-            let body = try await self.requests[message.topic]?(message, session) ?? ByteBuffer()
-            try await session.respond(to: message, body: body)
-        } else if let handler = self.messages[message.topic] {
-            try await handler(message, session)
-        }
-    }
-}

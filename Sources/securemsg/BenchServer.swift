@@ -157,7 +157,8 @@ struct BenchServer: AsyncParsableCommand {
                     try await Task.sleep(for: delay)
                 }
                 if message.isRequest {
-                    try await session.respond(to: message, body: message.body)
+                    // The request's headers come back (Message.headers holds no reserved smsg- ones).
+                    try await session.respond(to: message, headers: message.headers, body: message.body)
                 } else if !sink {
                     try await session.send(topic: message.topic, body: message.body)
                 }
@@ -166,11 +167,12 @@ struct BenchServer: AsyncParsableCommand {
     }
 }
 
-/// The echo on the event loop: each message is answered as it is decoded.
+/// The echo on the event loop: each message is answered as it is decoded; a REQUEST's RESPONSE
+/// carries the request's headers back, without the reserved `smsg-` ones.
 final class EchoReceiver: MessageReceiver {
     func received(_ message: Message, session: LoopSession) {
         if message.isRequest {
-            session.respond(to: message, body: message.body)
+            session.respond(to: message, headers: message.headers, body: message.body)
         } else {
             session.send(topic: message.topic, body: message.body)
         }

@@ -158,7 +158,8 @@ func startCollaborator(
     port: Int,
     status: String? = nil,
     heartbeat: TimeAmount = .milliseconds(200),
-    certificate: String? = nil
+    certificate: String? = nil,
+    configure: (inout CollaboratorConfiguration) -> Void = { _ in }
 ) async throws -> (Collaborator, Task<Void, any Error>) {
     var configuration = CollaboratorConfiguration(nodeID: name, status: status)
     configuration.session.heartbeatInterval = heartbeat
@@ -167,6 +168,7 @@ func startCollaborator(
         multiplier: 2,
         maximumDelay: .milliseconds(300)
     )
+    configure(&configuration)
     let collaborator = Collaborator(
         leaderHost: "127.0.0.1",
         leaderPort: port,

@@ -322,8 +322,8 @@ struct LeaderRecordTests {
     func leaderSessionsAreFreed() async throws {
         let seen = NIOLockedValueBox<(session: Session?, channel: (any Channel)?)>((nil, nil))
         try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
-            leader.on(topic: "hello") { _, session in
-                seen.withLockedValue { $0 = (session, session.channel) }
+            leader.on(topic: "hello") { _, context in
+                seen.withLockedValue { $0 = (context.session, context.session.channel) }
             }
             weak var weakSession: Session?
             weak var weakChannel: (any Channel)?

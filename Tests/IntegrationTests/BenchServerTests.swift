@@ -57,8 +57,16 @@ struct BenchServerTests {
             serverHostname: "localhost",
             configuration: ClientConfiguration(nodeID: "collab-1")
         )
-        let reply = try await client.request(topic: "bench", body: ByteBuffer(string: "ping"))
+        let reply = try await client.request(
+            topic: "bench",
+            headers: ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-k": "v"],
+            body: ByteBuffer(string: "ping")
+        )
         #expect(String(buffer: reply.body) == "ping")
+        // The request's headers come back; the reserved smsg-timeout-ms it carried does not.
+        #expect(
+            reply.headers == ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "x-k": "v"]
+        )
         try await client.send(topic: "echo", body: ByteBuffer(string: "data"), ackRequested: true)
         var messages = client.messages.makeAsyncIterator()
         let echo = try #require(try await messages.next())

@@ -94,6 +94,13 @@ public struct Message: Sendable, Hashable {
     /// For a REQUEST with a timeout: when its responder gives up, on the event loop's clock.
     var deadline: NIODeadline? { self.extras?.deadline }
 
+    /// For a REQUEST whose requester said how long it waits: when it stops waiting, counted from
+    /// the REQUEST's arrival.
+    public var responderDeadline: ContinuousClock.Instant? {
+        guard let deadline = self.deadline else { return nil }
+        return ContinuousClock.now + .nanoseconds((deadline - NIODeadline.now()).nanoseconds)
+    }
+
     /// The largest topic in bytes.
     public static let maximumTopicBytes = 255
 

@@ -477,8 +477,13 @@ public final class ReconnectingClient: Sendable {
 /// A message from a ``ReconnectingClient``'s server and the session it came on.
 public struct SessionMessage: Sendable {
     public var message: Message
-    /// The session to answer on (``Session/respond(to:topic:body:)``).
+    /// The session to answer on (``Session/respond(to:topic:headers:body:)``).
     public var session: Session
+
+    public init(message: Message, session: Session) {
+        self.message = message
+        self.session = session
+    }
 }
 
 /// The messages of a ``ReconnectingClient``, across reconnects, pulled from each session's

@@ -1,0 +1,280 @@
+public import CoreMetrics
+public import Logging
+public import Messaging
+import NIOConcurrencyHelpers
+public import NIOCore
+import SecureTransport
+
+/// What a handler knows of the message it handles: who sent it, on which session, its
+/// headers, its deadline, and a logger that says all of that.
+public struct HandlerContext: Sendable {
+    /// The session the message came on (to send more, or to look at the peer's HELLO).
+    public let session: Session
+    /// The peer's node_id.
+    public let nodeID: String
+    /// The identity of the peer's TLS client certificate, when it presented one.
+    public let certificateIdentity: String?
+    /// The message's headers (without the protocol's own `smsg-` ones).
+    public let headers: MessageHeaders
+    /// For a REQUEST whose requester said how long it waits: when it stops waiting. The
+    /// handler's task is cancelled then, and the requester told DEADLINE_EXCEEDED.
+    public let deadline: ContinuousClock.Instant?
+    /// A logger whose metadata names the node, the session, the topic and the request.
+    public let logger: Logger
+}
+
+/// A request's answer: a body, and headers (sent where the peer has the `headers` extension).
+public struct Response: Sendable {
+    public var headers: MessageHeaders
+    public var body: ByteBuffer
+
+    public init(headers: MessageHeaders = MessageHeaders(), body: ByteBuffer) {
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Handlers by topic, and the rules by which a session's messages reach them: the one router
+/// of ``Leader`` and ``Collaborator``.
+///
+/// - DATA handlers run one at a time, in the order the messages came, per session.
+/// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session;
+///   beyond that a REQUEST is answered RESOURCE_EXHAUSTED at once.
+/// - A REQUEST on a topic with no handler is answered NO_HANDLER.
+/// - A handler that throws ``RequestError`` answers with its code and message; one that throws
+///   anything else answers FAILED with a generic message, and the error is logged (with the
+///   node, topic and request id) and counted. A DATA handler's error is logged and counted.
+///   Neither closes nor stalls the session: only protocol violations do.
+/// - A REQUEST's handler is cancelled when the requester CANCELs it, when the connection
+///   ends, or at its deadline (answered DEADLINE_EXCEEDED).
+public final class Router: Sendable {
+    public typealias MessageHandler = @Sendable (Message, HandlerContext) async throws -> Void
+    public typealias RequestHandler = @Sendable (Message, HandlerContext) async throws -> Response
+
+    /// The most REQUESTs one session may have in its handlers at once.
+    public let maximumConcurrentRequests: Int
+    private let handlers = NIOLockedValueBox<(messages: [String: MessageHandler], requests: [String: RequestHandler])>(
+        ([:], [:])
+    )
+    private let logger: Logger
+    private let requestFailures: Counter
+    private let messageFailures: Counter
+
+    /// - Parameters:
+    ///   - maximumConcurrentRequests: the most REQUESTs of one session in handlers at once.
+    ///   - logger: where handler failures are logged.
+    ///   - metrics: where handler failures are counted (`smsg_handler_failures_total`, by
+    ///     `kind`: request or message).
+    public init(
+        maximumConcurrentRequests: Int = 64,
+        logger: Logger,
+        metrics: any MetricsFactory = MetricsSystem.factory
+    ) {
+        precondition(maximumConcurrentRequests > 0, "maximumConcurrentRequests must be positive")
+        self.maximumConcurrentRequests = maximumConcurrentRequests
+        self.logger = logger
+        self.requestFailures = Counter(
+            label: "smsg_handler_failures_total",
+            dimensions: [("kind", "request")],
+            factory: metrics
+        )
+        self.messageFailures = Counter(
+            label: "smsg_handler_failures_total",
+            dimensions: [("kind", "message")],
+            factory: metrics
+        )
+    }
+
+    /// Runs `handler` for every DATA (not REQUEST) on `topic`.
+    public func on(topic: String, _ handler: @escaping MessageHandler) {
+        self.handlers.withLockedValue { $0.messages[topic] = handler }
+    }
+
+    /// Answers every REQUEST on `topic` with what `handler` returns.
+    public func onRequest(topic: String, _ handler: @escaping RequestHandler) {
+        self.handlers.withLockedValue { $0.requests[topic] = handler }
+    }
+
+    /// Answers every REQUEST on `topic` with the body `handler` returns.
+    public func onRequest(
+        topic: String,
+        _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
+    ) {
+        self.onRequest(topic: topic) { message, context -> Response in
+            Response(body: try await handler(message, context))
+        }
+    }
+
+    // MARK: - Serving
+
+    /// Hands the messages of `messages` (each with its session) to the handlers until the
+    /// sequence ends; waits for the requests still in handlers (cancelled if their connection
+    /// ended). Returns the error that ended the sequence, if any.
+    func serve<Messages: AsyncSequence>(
+        _ messages: Messages
+    ) async -> (any Error)? where Messages.Element == SessionMessage {
+        let inFlight = NIOLockedValueBox([ObjectIdentifier: Int]())
+        return await withDiscardingTaskGroup { group in
+            do {
+                for try await received in messages {
+                    let message = received.message
+                    let session = received.session
+                    if message.isResponse { continue }
+                    guard message.isRequest else {
+                        await self.handleMessage(message, on: session)
+                        continue
+                    }
+                    let key = ObjectIdentifier(session)
+                    let admitted = inFlight.withLockedValue { counts in
+                        guard counts[key, default: 0] < self.maximumConcurrentRequests else { return false }
+                        counts[key, default: 0] += 1
+                        return true
+                    }
+                    group.addTask {
+                        guard admitted else {
+                            await self.answer(
+                                message,
+                                on: session,
+                                with: .failure(RequestError(.resourceExhausted, "too many requests in progress"))
+                            )
+                            return
+                        }
+                        await self.handleRequest(message, on: session)
+                        inFlight.withLockedValue { counts in
+                            counts[key, default: 1] -= 1
+                            if counts[key] == 0 { counts[key] = nil }
+                        }
+                    }
+                }
+                return nil
+            } catch {
+                return error
+            }
+        }
+    }
+
+    /// The context of `message` on `session`.
+    private func context(of message: Message, on session: Session, deadline: ContinuousClock.Instant?) -> HandlerContext
+    {
+        let nodeID = session.peer?.nodeID ?? ""
+        var logger = self.logger
+        logger[metadataKey: "node_id"] = "\(nodeID)"
+        if let sessionID = session.sessionID {
+            logger[metadataKey: "session_id"] = "\(sessionID)"
+        }
+        logger[metadataKey: "topic"] = "\(message.topic)"
+        if message.isRequest {
+            logger[metadataKey: "request_id"] = "\(message.id)"
+        }
+        return HandlerContext(
+            session: session,
+            nodeID: nodeID,
+            certificateIdentity: session.peerCertificate?.identity,
+            headers: message.headers,
+            deadline: deadline,
+            logger: logger
+        )
+    }
+
+    private func handleMessage(_ message: Message, on session: Session) async {
+        guard let handler = self.handlers.withLockedValue({ $0.messages[message.topic] }) else { return }
+        let context = self.context(of: message, on: session, deadline: nil)
+        do {
+            try await handler(message, context)
+        } catch {
+            self.messageFailures.increment()
+            context.logger.warning("message handler failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// How a request's handler ended.
+    private enum Outcome: Sendable {
+        case answered(Result<Response, RequestError>)
+        /// The requester stopped waiting (CANCEL, or the connection ended): no answer.
+        case abandoned
+        case deadlineExceeded
+    }
+
+    private func handleRequest(_ message: Message, on session: Session) async {
+        guard let handler = self.handlers.withLockedValue({ $0.requests[message.topic] }) else {
+            await self.answer(
+                message,
+                on: session,
+                with: .failure(RequestError(.noHandler, "no handler for this topic"))
+            )
+            return
+        }
+        let deadline = message.responderDeadline
+        let context = self.context(of: message, on: session, deadline: deadline)
+        // The handler races the requester's giving up and the deadline. The first to end wins:
+        // the answer goes at once, and the others are cancelled (a handler that ignores its
+        // cancellation delays nothing but its own end).
+        await withTaskGroup(of: Outcome?.self) { race in
+            race.addTask {
+                do {
+                    return .answered(.success(try await handler(message, context)))
+                } catch let error as RequestError {
+                    return .answered(.failure(error))
+                } catch {
+                    if Task.isCancelled {
+                        // Cancelled by the race: whichever ended it says what happened.
+                        return nil
+                    }
+                    self.requestFailures.increment()
+                    context.logger.warning("request handler failed", metadata: ["error": "\(error)"])
+                    return .answered(.failure(RequestError(.failed, "the handler failed")))
+                }
+            }
+            race.addTask {
+                await session.waitForCancellation(of: message) ? .abandoned : nil
+            }
+            if let deadline {
+                race.addTask {
+                    do {
+                        try await Task.sleep(until: deadline, clock: .continuous)
+                        return .deadlineExceeded
+                    } catch {
+                        return nil
+                    }
+                }
+            }
+            var outcome = Outcome.abandoned
+            while let next = await race.next() {
+                if let next {
+                    outcome = next
+                    break
+                }
+            }
+            race.cancelAll()
+            switch outcome {
+            case .answered(let result):
+                await self.answer(message, on: session, with: result)
+            case .deadlineExceeded:
+                await self.answer(
+                    message,
+                    on: session,
+                    with: .failure(RequestError(.deadlineExceeded, "the request's deadline passed"))
+                )
+            case .abandoned:
+                context.logger.debug("request abandoned by the requester")
+            }
+        }
+    }
+
+    private func answer(_ request: Message, on session: Session, with result: Result<Response, RequestError>) async {
+        do {
+            switch result {
+            case .success(let response):
+                try await session.respond(to: request, headers: response.headers, body: response.body)
+            case .failure(let failure):
+                try await session.respond(to: request, failure: failure)
+            }
+        } catch {
+            // The connection ended, or the requester CANCELled meanwhile: nobody waits for it.
+            self.logger.debug(
+                "a request's answer could not be sent",
+                metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)", "error": "\(error)"]
+            )
+        }
+    }
+}
