@@ -31,7 +31,7 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
 public final class Collaborator: Service, Sendable {
     public let configuration: CollaboratorConfiguration
     private let client: ReconnectingClient
-    /// The handlers by topic (``on(topic:_:)``, ``onRequest(topic:_:)``).
+    /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
     private let status: NIOLockedValueBox<String?>
     /// When the last status PING went out, and whether one is already scheduled.

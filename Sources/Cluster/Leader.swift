@@ -41,7 +41,7 @@ public final class Leader: Service, Sendable {
 
     private let server: SecureMessagingServer
     private let state = NIOLockedValueBox(State())
-    /// The handlers by topic (``on(topic:_:)``, ``onRequest(topic:_:)``).
+    /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let logger: Logger

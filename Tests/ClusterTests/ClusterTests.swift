@@ -310,10 +310,16 @@ struct LeaderRecordTests {
             #expect(record.role == "collaborator")
             #expect(record.remoteAddress?.contains("127.0.0.1") == true)
             await eventually("a round trip measured") { leader.collaborator("collab-1")?.roundTrip != nil }
+            let leaving = ContinuousClock.now
             await collaborator.leave()
             try await running.value
             await eventually("the leave reported") { log.left("collab-1") == .graceful }
-            #expect(leader.collaborator("collab-1")?.state == .gone, "kept for the retention time")
+            let after = leader.collaborator("collab-1")
+            // The record went gone after `leaving`, so it must still be there until `leaving` +
+            // 3 s; a machine that stalled this task past that proves nothing either way.
+            if ContinuousClock.now - leaving < .seconds(2) {
+                #expect(after?.state == .gone, "kept for the retention time")
+            }
             await eventually("removed after the retention time") { leader.collaborator("collab-1") == nil }
         }
     }

@@ -227,7 +227,7 @@ struct FrameAssembler {
         }
         if type == .data {
             let dataFlags = DataFlags(rawValue: flags)
-            guard dataFlags.isSubset(of: .defined) || dataFlags.isSubset(of: Self.dataFlags(extensions)) else {
+            guard flags & ~DataFlags.defined.rawValue == 0 || dataFlags.isSubset(of: Self.dataFlags(extensions)) else {
                 throw ProtocolViolation(.protocolError, "undefined DATA flags")
             }
             guard !dataFlags.isSuperset(of: [.request, .response]) else {
@@ -301,20 +301,32 @@ struct FrameAssembler {
             guard topic.isValidUTF8 else {
                 throw ProtocolViolation(.protocolError, "DATA topic is not UTF-8")
             }
-            let dataFlags = DataFlags(rawValue: flags)
-            guard dataFlags.contains(.headers) || dataFlags.contains(.failed) else { return }
-            var rest = payload.getSlice(
-                at: payload.readerIndex + 1 + topicLength,
-                length: payload.readableBytes - 1 - topicLength
-            )!
-            if dataFlags.contains(.headers) {
-                _ = try MessageHeaders.readBlock(&rest, isRequest: dataFlags.contains(.request), keep: false)
-            }
-            if dataFlags.contains(.failed) {
-                try RequestError.validate(body: rest)
+            if flags & (DataFlags.headers.rawValue | DataFlags.failed.rawValue) != 0 {
+                try Self.validateExtensions(
+                    flags: DataFlags(rawValue: flags),
+                    payload: payload,
+                    topicLength: topicLength
+                )
             }
         default:
             break
+        }
+    }
+}
+
+extension FrameAssembler {
+    /// The header block and the FAILED body of a DATA payload (off the path of plain DATA).
+    @inline(never)
+    static func validateExtensions(flags: DataFlags, payload: ByteBuffer, topicLength: Int) throws(ProtocolViolation) {
+        var rest = payload.getSlice(
+            at: payload.readerIndex + 1 + topicLength,
+            length: payload.readableBytes - 1 - topicLength
+        )!
+        if flags.contains(.headers) {
+            _ = try MessageHeaders.readBlock(&rest, isRequest: flags.contains(.request), keep: false)
+        }
+        if flags.contains(.failed) {
+            try RequestError.validate(body: rest)
         }
     }
 }

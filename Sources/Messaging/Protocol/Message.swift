@@ -105,6 +105,7 @@ public struct Message: Sendable, Hashable {
     public static let maximumTopicBytes = 255
 
     /// Reads a DATA frame the assembler has already validated; `now` is when it arrived.
+    @inline(__always)
     init(dataFrame frame: Frame, now: NIODeadline = .uptimeNanoseconds(0)) {
         var payload = frame.payload
         let topicLength = Int(payload.readInteger(as: UInt8.self)!)
@@ -114,11 +115,22 @@ public struct Message: Sendable, Hashable {
         self.id = frame.id
         self.flags = flags
         self.timestamp = frame.timestamp
-        guard flags.contains(.headers) || flags.contains(.failed) else {
+        if flags.rawValue & (DataFlags.headers.rawValue | DataFlags.failed.rawValue) == 0 {
             self.body = payload
             self.extras = nil
-            return
+        } else {
+            (self.body, self.extras) = Self.readExtensions(payload, flags: flags, now: now)
         }
+    }
+
+    /// The body and what the extensions carried, after the topic (off the path of plain DATA).
+    @inline(never)
+    private static func readExtensions(
+        _ payload: ByteBuffer,
+        flags: DataFlags,
+        now: NIODeadline
+    ) -> (ByteBuffer, Extras) {
+        var payload = payload
         var received = MessageHeaders.Received()
         if flags.contains(.headers) {
             // Validated by the assembler: this read cannot fail.
@@ -131,12 +143,12 @@ public struct Message: Sendable, Hashable {
             failure = RequestError(failedBody: payload)
             payload.moveReaderIndex(to: payload.writerIndex)
         }
-        self.body = payload
-        self.extras = Extras(
+        let extras = Extras(
             headers: received.headers,
             timeout: timeout,
             deadline: received.timeoutMilliseconds.map { now + .milliseconds(Int64($0)) },
             failure: failure
         )
+        return (payload, extras)
     }
 }
