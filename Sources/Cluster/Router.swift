@@ -23,7 +23,8 @@ public struct HandlerContext: Sendable {
     public let logger: Logger
 }
 
-/// A request's answer: a body, and headers (sent where the peer has the `headers` extension).
+/// A request's answer: a body, and headers (sent where the peer has the `headers` extension,
+/// left out elsewhere).
 public struct Response: Sendable {
     public var headers: MessageHeaders
     public var body: ByteBuffer
@@ -238,7 +239,9 @@ public final class Router: Sendable {
                     }
                 }
             }
-            var outcome = Outcome.abandoned
+            // When every racer ends without an outcome, the router itself is being cancelled
+            // (shutting down) while the requester still waits: it is told so.
+            var outcome = Outcome.answered(.failure(RequestError(.unavailable, "the responder is shutting down")))
             while let next = await race.next() {
                 if let next {
                     outcome = next
@@ -265,16 +268,26 @@ public final class Router: Sendable {
         do {
             switch result {
             case .success(let response):
-                try await session.respond(to: request, headers: response.headers, body: response.body)
+                let headers = session.extensions.contains(.headers) ? response.headers : MessageHeaders()
+                try await session.respond(to: request, headers: headers, body: response.body)
             case .failure(let failure):
                 try await session.respond(to: request, failure: failure)
             }
-        } catch {
+        } catch let error as MessagingError where error.code == .connectionClosed || error.code == .noSuchRequest {
             // The connection ended, or the requester CANCELled meanwhile: nobody waits for it.
             self.logger.debug(
                 "a request's answer could not be sent",
                 metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)", "error": "\(error)"]
             )
+        } catch {
+            // The handler's answer cannot go (too large for the peer, bad headers): the requester
+            // is told it failed rather than left to wait.
+            self.requestFailures.increment()
+            self.logger.warning(
+                "a request's answer could not be sent; answering FAILED",
+                metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)", "error": "\(error)"]
+            )
+            try? await session.respond(to: request, failure: RequestError(.failed, "the answer could not be sent"))
         }
     }
 }

@@ -188,14 +188,49 @@ struct RouterTests {
                 heartbeat: .seconds(1),
                 configure: { $0.session.extensions = [.headers, .status] }
             )
-            // Connected first: the request's timeout would also cover waiting for the connection.
-            await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
+            // Connected on both sides first: the request's timeout would also cover waiting for
+            // the connection, and could pass before the request was ever sent.
+            await eventually("joined") {
+                leader.collaborator("collab-1")?.state == .active && collaborator.session?.currentState == .open
+            }
             let start = ContinuousClock.now
             await #expect(throws: MessagingError.self) {
-                try await collaborator.request(topic: "slow", body: ByteBuffer(), timeout: .seconds(1))
+                try await collaborator.request(topic: "slow", body: ByteBuffer(), timeout: .seconds(2))
             }
-            await eventually("the handler cancelled at its deadline") { seen.all == ["cancelled"] }
-            #expect(ContinuousClock.now - start < .seconds(15), "long before the handler's 30 s")
+            await eventually("the handler cancelled at its deadline", timeout: .seconds(20)) {
+                seen.all == ["cancelled"]
+            }
+            #expect(ContinuousClock.now - start < .seconds(25), "before the handler's 30 s")
+            await collaborator.leave()
+            try await running.value
+        }
+    }
+
+    @Test(
+        "an answer that cannot go as given still answers: headers left out for a peer without them, FAILED for a body too large"
+    )
+    func answerThatCannotGo() async throws {
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+            leader.onRequest(topic: "tagged") { _, _ in
+                Response(headers: ["served-by": "leader"], body: ByteBuffer(string: "ok"))
+            }
+            leader.onRequest(topic: "huge") { _, _ in
+                ByteBuffer(repeating: 0, count: 2 << 20)
+            }
+            let (collaborator, running) = try await startCollaborator(
+                "collab-1",
+                port: port,
+                heartbeat: .seconds(1),
+                configure: { $0.session.extensions = [.status] }
+            )
+            let reply = try await collaborator.request(topic: "tagged", body: ByteBuffer(), timeout: .seconds(20))
+            #expect(String(buffer: reply.body) == "ok")
+            #expect(reply.headers.isEmpty)
+            let start = ContinuousClock.now
+            await #expect(throws: RequestError(.failed, "the answer could not be sent")) {
+                try await collaborator.request(topic: "huge", body: ByteBuffer(), timeout: .seconds(20))
+            }
+            #expect(ContinuousClock.now - start < .seconds(15), "answered, not timed out")
             await collaborator.leave()
             try await running.value
         }

@@ -584,23 +584,28 @@ struct ExtensionSessionTests {
         #expect(try side.written().map(\.type) == [.goodbye])
     }
 
-    @Test("a CANCEL wakes whoever waits for it, and one that came first is kept for the waiter")
+    @Test("a CANCEL wakes everyone who waits for it, and one that came first is kept for later waiters")
     func cancelWakes() async throws {
         let receiver = CountingReceiver()
         let side = try Self.server(receiver: receiver)
-        try side.receive(side.data(topic: "q", flags: .request))
-        try side.receive(side.data(topic: "q", flags: .request))
-        let first = try #require(receiver.messages.first)
-        let second = try #require(receiver.messages.last)
+        for _ in 0..<3 {
+            try side.receive(side.data(topic: "q", flags: .request))
+        }
+        let (first, second, third) = (receiver.messages[0], receiver.messages[1], receiver.messages[2])
         try side.receive(Frame(type: .cancel, id: first.id))
-        #expect(await side.session.waitForCancellation(of: first))
         let session = side.session
-        let waiting = Task { await session.waitForCancellation(of: second) }
-        while session.cancelWaiterCount == 0 { await Task.yield() }
+        #expect(await session.waitForCancellation(of: first))
+        #expect(await session.waitForCancellation(of: first), "kept until the request is answered")
+        let waiting = (0..<2).map { _ in Task { await session.waitForCancellation(of: second) } }
+        while session.cancelWaiterCount < 2 { await Task.yield() }
         try side.receive(Frame(type: .cancel, id: second.id))
-        #expect(await waiting.value)
-        let cancelled = Task { await session.waitForCancellation(of: first) }
+        for waiter in waiting {
+            #expect(await waiter.value)
+        }
+        let cancelled = Task { await session.waitForCancellation(of: third) }
+        while session.cancelWaiterCount < 1 { await Task.yield() }
         cancelled.cancel()
         #expect(await cancelled.value == false, "a cancelled waiter returns false")
+        #expect(session.cancelWaiterCount == 0)
     }
 }

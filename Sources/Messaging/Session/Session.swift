@@ -85,8 +85,10 @@ public final class Session: Sendable {
         // The listeners share the state's lock: one lock per session, not three.
         var peerStatusListener: (@Sendable (ByteBuffer) -> Void)?
         var ackListener: (@Sendable (UInt64) -> Void)?
-        /// Who waits for the peer to CANCEL a REQUEST, by its id.
-        var cancelWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// Who waits for the peer to CANCEL a REQUEST: by its id, then by each waiter's token
+        /// (several may wait for the same request).
+        var cancelWaiters: [UInt64: [UInt64: CheckedContinuation<Bool, Never>]] = [:]
+        var nextCancelToken: UInt64 = 0
         /// REQUESTs the peer cancelled before anyone waited for that (bounded).
         var cancelledRequests: Set<UInt64> = []
     }
@@ -161,12 +163,13 @@ public final class Session: Sendable {
     /// is given up (dropped while parked, CANCELled once sent as a REQUEST) and this throws
     /// `CancellationError`.
     private func wait<Value: Sendable>(for promise: EventLoopPromise<Value>) async throws -> Value {
-        let waiter = ObjectIdentifier(promise.futureResult)
+        let future = promise.futureResult
         return try await withTaskCancellationHandler {
-            try await promise.futureResult.get()
+            try await future.get()
         } onCancel: {
+            // The closure holds the future, so its identity cannot pass to another's meanwhile.
             self.onLoop { handler in
-                handler?.abandon(waiter: waiter, because: CancellationError())
+                handler?.abandon(waiter: ObjectIdentifier(future), because: CancellationError())
             }
         }
     }
@@ -286,8 +289,9 @@ public final class Session: Sendable {
     /// The most a request's `smsg-timeout-ms` header takes in its block.
     static let timeoutHeaderBytes = 1 + MessageHeaders.timeoutName.utf8.count + 2 + 10
 
-    /// Answers a REQUEST. The topic defaults to the request's; `headers` are sent where the peer
-    /// has the `headers` extension.
+    /// Answers a REQUEST. The topic defaults to the request's. Headers need the peer to have the
+    /// `headers` extension (see ``extensions``); elsewhere they are refused with
+    /// ``MessagingError/Code/extensionNotInForce``.
     public func respond(
         to request: Message,
         topic: String? = nil,
@@ -338,13 +342,17 @@ public final class Session: Sendable {
     /// (`false`). A responder races its work against this to stop work nobody wants.
     public func waitForCancellation(of request: Message) async -> Bool {
         let id = request.id
+        let token = self.state.withLockedValue { state in
+            state.nextCancelToken += 1
+            return state.nextCancelToken
+        }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
                 let now: Bool? = self.state.withLockedValue { state in
                     if state.ended { return true }
-                    if state.cancelledRequests.remove(id) != nil { return true }
+                    if state.cancelledRequests.contains(id) { return true }
                     if Task.isCancelled { return false }
-                    state.cancelWaiters[id] = continuation
+                    state.cancelWaiters[id, default: [:]][token] = continuation
                     return nil
                 }
                 if let now {
@@ -352,27 +360,33 @@ public final class Session: Sendable {
                 }
             }
         } onCancel: {
-            let waiter = self.state.withLockedValue { $0.cancelWaiters.removeValue(forKey: id) }
+            let waiter = self.state.withLockedValue { state -> CheckedContinuation<Bool, Never>? in
+                let waiter = state.cancelWaiters[id]?.removeValue(forKey: token)
+                if state.cancelWaiters[id]?.isEmpty == true {
+                    state.cancelWaiters[id] = nil
+                }
+                return waiter
+            }
             waiter?.resume(returning: false)
         }
     }
 
     /// How many wait in ``waitForCancellation(of:)`` (for tests).
-    var cancelWaiterCount: Int { self.state.withLockedValue { $0.cancelWaiters.count } }
+    var cancelWaiterCount: Int { self.state.withLockedValue { $0.cancelWaiters.values.reduce(0) { $0 + $1.count } } }
 
-    /// The peer CANCELled the REQUEST `id` (on the event loop).
+    /// The peer CANCELled the REQUEST `id` (on the event loop): who waits for that is woken, and
+    /// the id kept (bounded) for whoever asks later, until the request is answered.
     func requestCancelled(id: UInt64) {
-        let waiter = self.state.withLockedValue { state in
-            if let waiter = state.cancelWaiters.removeValue(forKey: id) {
-                return Optional(waiter)
-            }
+        let waiters = self.state.withLockedValue { state in
             if state.cancelledRequests.count >= Self.cancelledRequestsKept {
                 state.cancelledRequests.remove(state.cancelledRequests.first!)
             }
             state.cancelledRequests.insert(id)
-            return nil
+            return state.cancelWaiters.removeValue(forKey: id).map { Array($0.values) } ?? []
         }
-        waiter?.resume(returning: true)
+        for waiter in waiters {
+            waiter.resume(returning: true)
+        }
     }
 
     private func forgetCancellation(of id: UInt64) {
@@ -489,7 +503,7 @@ public final class Session: Sendable {
             $0.peerStatusListener = nil
             $0.ackListener = nil
             $0.cancelledRequests.removeAll()
-            let waiters = Array($0.cancelWaiters.values)
+            let waiters = $0.cancelWaiters.values.flatMap { $0.values }
             $0.cancelWaiters.removeAll()
             return waiters
         }
