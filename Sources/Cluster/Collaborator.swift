@@ -89,7 +89,7 @@ public final class Collaborator: Service, Sendable {
     }
 
     /// Answers every REQUEST on `topic` from the leader with the body `handler` returns; a
-    /// thrown ``RequestError`` answers with its code, anything else thrown with FAILED.
+    /// thrown `RequestError` answers with its code, anything else thrown with FAILED.
     public func onRequest(
         topic: String,
         _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
@@ -159,7 +159,7 @@ public final class Collaborator: Service, Sendable {
     /// Sends a REQUEST to the leader and waits for the RESPONSE; the timeout covers waiting for
     /// a connection too.
     ///
-    /// - Throws: ``RequestError`` when the leader did not serve it (NO_HANDLER, FAILED, …).
+    /// - Throws: `RequestError` when the leader did not serve it (NO_HANDLER, FAILED, …).
     public func request(
         topic: String,
         headers: MessageHeaders = MessageHeaders(),

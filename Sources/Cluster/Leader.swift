@@ -87,7 +87,7 @@ public final class Leader: Service, Sendable {
     }
 
     /// Answers every REQUEST on `topic` from any collaborator with the body `handler` returns;
-    /// a thrown ``RequestError`` answers with its code, anything else thrown with FAILED.
+    /// a thrown `RequestError` answers with its code, anything else thrown with FAILED.
     public func onRequest(
         topic: String,
         _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
@@ -126,9 +126,9 @@ public final class Leader: Service, Sendable {
 
     /// Sends a REQUEST to one collaborator and waits for its RESPONSE.
     ///
-    /// - Throws: ``RequestError`` when the collaborator did not serve it (see
-    ///   ``Session/request(topic:headers:body:timeout:)``), ``MessagingError`` with
-    ///   ``MessagingError/Code/notConnected`` when it is not connected.
+    /// - Throws: `RequestError` when the collaborator did not serve it (see
+    ///   `Session/request(topic:headers:body:timeout:)`), `MessagingError` with
+    ///   `MessagingError/Code/notConnected` when it is not connected.
     public func request(
         to nodeID: String,
         topic: String,

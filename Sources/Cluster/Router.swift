@@ -42,7 +42,7 @@ public struct Response: Sendable {
 /// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session;
 ///   beyond that a REQUEST is answered RESOURCE_EXHAUSTED at once.
 /// - A REQUEST on a topic with no handler is answered NO_HANDLER.
-/// - A handler that throws ``RequestError`` answers with its code and message; one that throws
+/// - A handler that throws `RequestError` answers with its code and message; one that throws
 ///   anything else answers FAILED with a generic message, and the error is logged (with the
 ///   node, topic and request id) and counted. A DATA handler's error is logged and counted.
 ///   Neither closes nor stalls the session: only protocol violations do.
