@@ -28,19 +28,25 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
 /// A collaborator: connects to its leader and stays connected (reconnecting with backoff),
 /// registers with its status, keeps the leader informed of status changes through its
 /// heartbeats, runs handlers by topic, and leaves gracefully (GOODBYE) when shut down.
+///
+/// A `Service`: nothing happens until ``run()``, which returns when its task is cancelled, when
+/// its `ServiceGroup` shuts down gracefully, or after ``leave()``, each time having said
+/// GOODBYE on the open connection.
 public final class Collaborator: Service, Sendable {
     public let configuration: CollaboratorConfiguration
     private let client: ReconnectingClient
     /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
     private let status: NIOLockedValueBox<String?>
-    /// When the last status PING went out, and whether one is already scheduled.
-    private let statusPing = NIOLockedValueBox<(last: ContinuousClock.Instant?, scheduled: Bool)>((nil, false))
+    /// A signal per status change, for ``run()`` to tell the leader (the newest one kept).
+    private let statusChanges: AsyncStream<Void>
+    private let statusChangeContinuation: AsyncStream<Void>.Continuation
+    private let started = NIOLockedValueBox(false)
 
     /// Connection changes (connected, disconnected, reconnecting, gave up).
     public var events: AsyncStream<ConnectionEvent> { self.client.events }
 
-    /// Starts connecting to the leader at once; ``run()`` handles what the leader sends.
+    /// Makes a collaborator; it connects to the leader once ``run()`` runs.
     public init(
         leaderHost: String,
         leaderPort: Int,
@@ -54,6 +60,9 @@ public final class Collaborator: Service, Sendable {
         self.router = Router(maximumConcurrentRequests: configuration.maximumConcurrentRequests, logger: logger)
         let status = NIOLockedValueBox(configuration.status)
         self.status = status
+        (self.statusChanges, self.statusChangeContinuation) = AsyncStream.makeStream(
+            bufferingPolicy: .bufferingNewest(1)
+        )
         var client = ClientConfiguration(nodeID: configuration.nodeID)
         client.role = configuration.role
         client.metadata = configuration.metadata
@@ -105,37 +114,39 @@ public final class Collaborator: Service, Sendable {
     /// Changes the status. The leader hears of it with an extra PING — at once, or, when a
     /// status PING went out less than one heartbeat interval ago, at the end of that interval
     /// (carrying the latest status): at most one status PING per interval. Every later PING
-    /// carries it too.
+    /// carries it too, and so does the HELLO of every later connection.
     public func setStatus(_ status: String) {
         precondition(status.utf8.count <= Frame.maximumPingPayload, "a status is at most 65,536 bytes")
         self.status.withLockedValue { $0 = status }
         self.client.currentSession?.setPingStatus(ByteBuffer(string: status))
+        self.statusChangeContinuation.yield()
+    }
+
+    /// Sends a status PING for each status change, at most one per heartbeat interval, until
+    /// cancelled.
+    private func announceStatusChanges() async {
         let interval = Duration(self.configuration.session.heartbeatInterval)
-        let now = ContinuousClock.now
-        let wait: Duration? = self.statusPing.withLockedValue { ping in
-            if ping.scheduled { return nil }
-            guard let last = ping.last, now - last < interval else {
-                ping.last = now
-                return .zero
+        var last: ContinuousClock.Instant?
+        var announced: String?
+        for await _ in self.statusChanges {
+            if let last {
+                let wait = interval - (ContinuousClock.now - last)
+                if wait > .zero {
+                    do {
+                        try await Task.sleep(for: wait)
+                    } catch {
+                        return
+                    }
+                }
             }
-            ping.scheduled = true
-            return interval - (now - last)
-        }
-        guard let wait else { return }
-        if wait == .zero {
-            self.client.currentSession?.ping()
-            return
-        }
-        Task {
-            try? await Task.sleep(for: wait)
-            self.statusPing.withLockedValue { ping in
-                ping.scheduled = false
-                ping.last = ContinuousClock.now
-            }
-            if let session = self.client.currentSession, let current = self.status.withLockedValue({ $0 }) {
-                session.setPingStatus(ByteBuffer(string: current))
-                session.ping()
-            }
+            // The newest status: changes made while waiting go out together.
+            guard let current = self.status.withLockedValue({ $0 }), current != announced,
+                let session = self.client.currentSession
+            else { continue }
+            session.setPingStatus(ByteBuffer(string: current))
+            session.ping()
+            announced = current
+            last = ContinuousClock.now
         }
     }
 
@@ -169,18 +180,34 @@ public final class Collaborator: Service, Sendable {
         try await self.client.request(topic: topic, headers: headers, body: body, timeout: timeout)
     }
 
-    /// Handles the leader's messages until shut down; then leaves gracefully (GOODBYE).
+    /// Connects to the leader (and reconnects), handles what it sends, and announces status
+    /// changes, until the task is cancelled, the `ServiceGroup` shuts down gracefully, or
+    /// ``leave()`` is called; says GOODBYE on the open connection, waits until it is closed, and
+    /// returns.
+    ///
+    /// - Throws: `MessagingError` with `MessagingError.Code.alreadyRunning` when called while
+    ///   running or after it ran: a collaborator runs once.
     public func run() async throws {
-        await withGracefulShutdownHandler {
+        let again = self.started.withLockedValue { started in
+            defer { started = true }
+            return started
+        }
+        if again {
+            throw MessagingError(.alreadyRunning, "a collaborator runs once")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
             // Handlers' failures are answered and logged by the router: it ends only when the
             // client does.
-            _ = await self.router.serve(self.client.messages)
-        } onGracefulShutdown: {
-            Task { await self.client.close() }
+            group.addTask { _ = await self.router.serve(self.client.messages) }
+            group.addTask { await self.announceStatusChanges() }
+            defer { group.cancelAll() }
+            // Returns after GOODBYE, when cancelled, shut down or left.
+            try await self.client.run()
         }
     }
 
-    /// Leaves the group gracefully: GOODBYE, then the connection closes and ``run()`` returns.
+    /// Leaves the group gracefully: GOODBYE, then the connection closes; returns once ``run()``
+    /// has returned.
     public func leave() async {
         await self.client.close()
     }

@@ -165,21 +165,23 @@ public final class Leader: Service, Sendable {
 
     // MARK: - Service
 
-    /// Serves until shut down (``shutdown()`` or a `ServiceGroup` signal); keeps the records
-    /// up to date meanwhile (suspect, gone, removal).
+    /// Listens and serves until its task is cancelled, its `ServiceGroup` shuts down
+    /// gracefully, or ``shutdown()`` is called; keeps the records up to date meanwhile
+    /// (suspect, gone, removal). Each way, it says GOODBYE to every collaborator, returns once
+    /// they are all gone, and ends ``events``.
     public func run() async throws {
         let interval = Self.sweepMilliseconds(self.configuration)
-        let sweeper = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(interval))
-                self.refresh()
+        defer { self.eventContinuation.finish() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(interval))
+                    self.refresh()
+                }
             }
+            defer { group.cancelAll() }
+            try await self.server.run()
         }
-        defer {
-            sweeper.cancel()
-            self.eventContinuation.finish()
-        }
-        try await self.server.run()
     }
 
     /// Reloads the TLS certificate, key, trust roots and CRLs from disk for new connections;

@@ -158,6 +158,7 @@ struct ExtensionLoopbackTests {
             configuration: ClientConfiguration(nodeID: "waiting"),
             policy: ReconnectPolicy(initialDelay: .milliseconds(50), multiplier: 1, maximumDelay: .milliseconds(50))
         )
+        let running = startRunning(client)
         let start = ContinuousClock.now
         do {
             _ = try await client.request(topic: "t", body: ByteBuffer(), timeout: .milliseconds(300))
@@ -168,6 +169,7 @@ struct ExtensionLoopbackTests {
         // The timeout is 0.3 s; a wide margin for a loaded machine, far below the 30 s default.
         #expect(ContinuousClock.now - start < .seconds(10))
         await client.close()
+        try await running.value
         _ = closed
     }
 }

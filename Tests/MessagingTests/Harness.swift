@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import SMSGTestSupport
 import SecureTransport
+import ServiceLifecycle
 import Testing
 
 @testable import Messaging
@@ -293,4 +294,10 @@ func rawFrame(
 /// A DATA payload: topic length, topic, body.
 func dataPayload(topic: String, body: [UInt8]) -> [UInt8] {
     [UInt8(topic.utf8.count)] + Array(topic.utf8) + body
+}
+
+/// Runs `service` in a task of its own, for tests that stop it by its own means (`close()`,
+/// `shutdown()`) and then check, through the task's value, that `run()` returned.
+func startRunning(_ service: some Service) -> Task<Void, any Error> {
+    Task { try await service.run() }
 }

@@ -62,6 +62,7 @@ struct ReconnectTests {
             clock: clock
         )
         let log = EventLog(client)
+        let running = startRunning(client)
         await eventually("gave up", timeout: .seconds(30)) { log.gaveUp }
         _ = closed
         let attempts = log.attempts
@@ -76,6 +77,8 @@ struct ReconnectTests {
         } catch let error as MessagingError {
             #expect(error.code == .gaveUp)
         }
+        // Having given up, run() returned on its own.
+        try await running.value
         await client.close()
     }
 
@@ -96,11 +99,13 @@ struct ReconnectTests {
             policy: policy
         )
         let log = EventLog(client)
+        let running = startRunning(client)
         try await Task.sleep(for: .seconds(5))
         #expect(log.attempts.count <= 8)
         await eventually("gave up after its attempts", timeout: .seconds(30)) { log.gaveUp }
         #expect(log.attempts.count == 8)
         _ = closed
+        try await running.value
         await client.close()
     }
 
@@ -133,6 +138,7 @@ struct ReconnectTests {
             policy: ReconnectPolicy(initialDelay: .milliseconds(20), multiplier: 2, maximumDelay: .milliseconds(200))
         )
         let log = EventLog(client)
+        let runningClient = startRunning(client)
         let total = 10_000
         let sender = Task {
             for index in 0..<total {
@@ -155,6 +161,7 @@ struct ReconnectTests {
         #expect(log.connects >= 3)
         #expect(client.currentSession?.currentState == .open)
         await client.close()
+        try await runningClient.value
         server.shutdown()
         try await running.value
     }
@@ -179,6 +186,7 @@ struct ReconnectTests {
                 )
             )
             let log = EventLog(client)
+            let runningClient = startRunning(client)
             await eventually("connected") { log.connects == 1 }
             let first = try await client.request(topic: "t", body: ByteBuffer(string: "1"))
             #expect(String(buffer: first.body) == "1")
@@ -211,6 +219,7 @@ struct ReconnectTests {
             #expect(String(buffer: last.body) == "4")
 
             await client.close()
+            try await runningClient.value
             await proxy.close()
         }
     }
@@ -228,6 +237,7 @@ struct ReconnectTests {
             policy: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)),
             disconnectedSends: .failFast
         )
+        let failFastRunning = startRunning(failFast)
         do {
             try await failFast.send(topic: "t", body: ByteBuffer())
             Issue.record("expected notConnected")
@@ -235,6 +245,7 @@ struct ReconnectTests {
             #expect(error.code == .notConnected)
         }
         await failFast.close()
+        try await failFastRunning.value
 
         let waiting = ReconnectingClient(
             host: "127.0.0.1",
@@ -244,6 +255,7 @@ struct ReconnectTests {
             policy: ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50)),
             disconnectedSends: .wait(capacity: 1)
         )
+        let waitingRunning = startRunning(waiting)
         let pending = Task { try await waiting.request(topic: "later", body: ByteBuffer(string: "hi")) }
         // The request takes the one place to wait (else the send below would take it, and wait).
         await eventually("the request waits for a connection") { waiting.waitingForConnectionCount == 1 }
@@ -265,6 +277,7 @@ struct ReconnectTests {
         let reply = try await pending.value
         #expect(String(buffer: reply.body) == "hi")
         await waiting.close()
+        try await waitingRunning.value
         server.shutdown()
         try await running.value
     }
@@ -295,6 +308,7 @@ struct ReconnectTests {
                 configuration: ClientConfiguration(nodeID: "acked"),
                 policy: ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
             )
+            let runningClient = startRunning(client)
             let done = NIOLockedValueBox(false)
             let first = Task {
                 try await client.sendAcknowledged(topic: "t", body: ByteBuffer(string: "one"))
@@ -322,6 +336,7 @@ struct ReconnectTests {
             } catch let error as MessagingError {
                 #expect(error.code == .shuttingDown)
             }
+            try await runningClient.value
         }
     }
 
@@ -339,11 +354,13 @@ struct ReconnectTests {
                 transport: PlainTCPTransport(),
                 configuration: configuration
             )
+            let runningClient = startRunning(client)
             await eventually("the attempt reached the proxy") { proxy.openChannelCount >= 1 }
             let closing = ContinuousClock.now
             await client.close()
             // Generous for a loaded machine; without cancellation it is the full 30 s.
             #expect(ContinuousClock.now - closing < .seconds(10), "close() waited for the attempt's timeout")
+            try await runningClient.value
             await proxy.close()
         }
     }

@@ -42,6 +42,9 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let invalidHeader = Code("invalid header")
         /// The peer does not have the extension the call needs (see ``Session/extensions``).
         public static let extensionNotInForce = Code("extension not in force")
+        /// `run()` was called on a service that is already running, or has run and ended: each
+        /// runs once.
+        public static let alreadyRunning = Code("already running")
 
         public var description: String { self.name }
     }

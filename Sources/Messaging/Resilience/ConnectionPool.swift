@@ -3,11 +3,12 @@ public import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
+public import ServiceLifecycle
 
 /// Settings of a ``ConnectionPool``.
 public struct ConnectionPoolConfiguration: Sendable, Hashable {
-    /// Connections kept open even when idle (opened by ``ConnectionPool/prewarm()`` and
-    /// restored when one dies).
+    /// Connections kept open even when idle: opened when ``ConnectionPool/run()`` starts, and
+    /// opened again when one dies (if the server can be reached then).
     public var minimumConnections: Int = 0
     /// The most connections open at once.
     public var maximumConnections: Int = 8
@@ -22,9 +23,14 @@ public struct ConnectionPoolConfiguration: Sendable, Hashable {
 /// Connections are opened lazily (in parallel, one per task that needs one, up to the maximum)
 /// and handed out for the scope of ``withConnection(_:)``. A task that finds every connection
 /// busy waits up to the acquire timeout, never forever. A connection that died (its heartbeat
-/// timed out, the server closed it) is dropped and replaced. ``shutdown()`` waits for the
-/// connections in use to come back, then closes them all.
-public final class ConnectionPool: Sendable {
+/// timed out, the server closed it) is dropped and replaced.
+///
+/// A `Service`: connections are opened only while ``run()`` runs (a `withConnection` made
+/// before it starts waits for it, within the acquire timeout). `run()` returns when its task is
+/// cancelled, when its `ServiceGroup` shuts down gracefully, or after ``shutdown()``: each way
+/// it stops handing out connections, waits for those in use to come back, and closes them all
+/// (GOODBYE).
+public final class ConnectionPool: Service, Sendable {
     /// A snapshot of the pool.
     public struct Statistics: Sendable, Hashable {
         public var inUse: Int
@@ -52,12 +58,32 @@ public final class ConnectionPool: Sendable {
         var waiterOrder: [UInt64] = []
         var nextWaiter: UInt64 = 0
         var shuttingDown = false
-        var drained: CheckedContinuation<Void, Never>?
+        var phase = Phase.idle
+        /// Waiting until nothing is in use or connecting (during shutdown).
+        var drained: [CheckedContinuation<Void, Never>] = []
+        /// Callers of `shutdown()` waiting for `run()` to return.
+        var runEndWaiters: [CheckedContinuation<Void, Never>] = []
         /// Connections given back during shutdown, closed once all are back.
         var toClose: [SecureClient] = []
     }
 
+    private enum Phase {
+        case idle
+        case running
+        case ended
+    }
+
+    /// Work for `run()`'s task group.
+    private enum Work {
+        /// Watch a connection until it closes.
+        case watch(SecureClient)
+        /// Open a connection to keep the minimum.
+        case open
+    }
+
     private let connect: @Sendable () async throws -> SecureClient
+    private let work: AsyncStream<Work>
+    private let workContinuation: AsyncStream<Work>.Continuation
     private let configuration: ConnectionPoolConfiguration
     private let state = NIOLockedValueBox(State())
     private let logger: Logger
@@ -81,6 +107,7 @@ public final class ConnectionPool: Sendable {
         precondition(configuration.minimumConnections <= configuration.maximumConnections)
         self.configuration = configuration
         self.logger = logger
+        (self.work, self.workContinuation) = AsyncStream.makeStream()
         self.connect = {
             try await SecureClient.connect(
                 host: host,
@@ -111,35 +138,65 @@ public final class ConnectionPool: Sendable {
         }
     }
 
-    /// Opens connections, in parallel, until the minimum is open.
-    public func prewarm() async throws {
-        let missing = self.state.withLockedValue { state -> Int in
-            let missing = max(
-                0,
-                self.configuration.minimumConnections - state.idle.count - state.inUse - state.connecting
-            )
-            state.connecting += missing
-            return missing
+    // MARK: - Running
+
+    /// Opens the minimum of connections, watches every connection (a dead one leaves the pool
+    /// at once and, below the minimum, is replaced), and hands out connections, until the task
+    /// is cancelled, the `ServiceGroup` shuts down gracefully, or ``shutdown()`` is called. Then
+    /// it fails the callers waiting for a connection, waits until every connection in use is
+    /// given back, closes them all (GOODBYE), and returns.
+    ///
+    /// - Throws: ``MessagingError`` with ``MessagingError/Code/alreadyRunning`` when called
+    ///   while running or after it ran: a pool runs once.
+    public func run() async throws {
+        let (granted, missing): ([CheckedContinuation<Grant, any Error>], Int) = try self.state.withLockedValue {
+            state in
+            guard state.phase == .idle else { throw MessagingError(.alreadyRunning, "a pool runs once") }
+            state.phase = .running
+            // Callers that came before: each gets a slot to open a connection in.
+            var granted: [CheckedContinuation<Grant, any Error>] = []
+            while state.inUse + state.connecting < self.configuration.maximumConnections,
+                let waiter = self.popWaiter(&state)
+            {
+                state.connecting += 1
+                granted.append(waiter)
+            }
+            return (granted, self.missingForMinimum(&state))
         }
-        try await withThrowingTaskGroup(of: SecureClient?.self) { group in
-            for _ in 0..<missing {
-                group.addTask {
-                    do {
-                        let client = try await self.connect()
-                        self.monitor(client)
-                        return client
-                    } catch {
-                        self.state.withLockedValue { $0.connecting -= 1 }
-                        throw error
+        for waiter in granted {
+            self.gaugeWaiters.decrement()
+            waiter.resume(returning: .slot)
+        }
+        for _ in 0..<missing {
+            self.workContinuation.yield(.open)
+        }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                // Ends when shutdown begins (or the task is cancelled).
+                for await work in self.work {
+                    switch work {
+                    case .watch(let client):
+                        group.addTask {
+                            await client.session.waitUntilClosed()
+                            self.closed(client)
+                        }
+                    case .open:
+                        group.addTask { await self.openIdle() }
                     }
                 }
+                self.beginShutdown()
+                await self.drainAndClose()
             }
-            for try await client in group {
-                if let client {
-                    self.state.withLockedValue { $0.connecting -= 1 }
-                    self.release(client, returning: false)
-                }
-            }
+        } onCancelOrGracefulShutdown: {
+            self.beginShutdown()
+        }
+        let waiters = self.state.withLockedValue { state in
+            state.phase = .ended
+            defer { state.runEndWaiters.removeAll() }
+            return state.runEndWaiters
+        }
+        for waiter in waiters {
+            waiter.resume()
         }
     }
 
@@ -152,37 +209,66 @@ public final class ConnectionPool: Sendable {
         let client = try await self.acquire()
         do {
             let result = try await body(client)
-            self.release(client, returning: true)
+            self.release(client, from: .inUse)
             return result
         } catch {
-            self.release(client, returning: true)
+            self.release(client, from: .inUse)
             throw error
         }
     }
 
     /// Stops handing out connections, fails the waiters, waits until every connection in use
-    /// is given back, and closes all of them.
+    /// is given back, and closes all of them; returns once ``run()`` has returned (closes what
+    /// there is at once when it never ran).
     public func shutdown() async {
-        let (waiters, idle) = self.state.withLockedValue { state in
+        self.beginShutdown()
+        let running = self.state.withLockedValue { $0.phase == .running }
+        guard running else {
+            await self.drainAndClose()
+            return
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ended = self.state.withLockedValue { state in
+                guard state.phase == .running else { return true }
+                state.runEndWaiters.append(continuation)
+                return false
+            }
+            if ended {
+                continuation.resume()
+            }
+        }
+    }
+
+    /// Stops handing out connections and fails the waiters; `run()` then drains and closes.
+    private func beginShutdown() {
+        let waiters = self.state.withLockedValue { state in
             state.shuttingDown = true
             let waiters = state.waiterOrder.compactMap { state.waiters[$0] }
             state.waiters.removeAll()
             state.waiterOrder.removeAll()
-            let idle = state.idle
-            state.idle.removeAll()
-            return (waiters, idle)
+            return waiters
         }
         for waiter in waiters {
+            self.gaugeWaiters.decrement()
             waiter.resume(throwing: MessagingError(.shuttingDown, "the pool is shutting down"))
         }
-        for client in idle {
-            self.gaugeIdle.decrement()
-            await client.close()
+        self.workContinuation.finish()
+    }
+
+    /// Closes the idle connections, waits until the rest are given back, and closes them.
+    private func drainAndClose() async {
+        let idle = self.state.withLockedValue { state in
+            defer { state.idle.removeAll() }
+            return state.idle
         }
+        for _ in idle {
+            self.gaugeIdle.decrement()
+        }
+        await Self.close(idle)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = self.state.withLockedValue { state -> Bool in
                 if state.inUse == 0 && state.connecting == 0 { return true }
-                state.drained = continuation
+                state.drained.append(continuation)
                 return false
             }
             if done {
@@ -193,8 +279,56 @@ public final class ConnectionPool: Sendable {
             defer { state.toClose.removeAll() }
             return state.toClose
         }
-        for client in returned {
-            await client.close()
+        await Self.close(returned)
+    }
+
+    private static func close(_ clients: [SecureClient]) async {
+        await withDiscardingTaskGroup { group in
+            for client in clients {
+                group.addTask { await client.close() }
+            }
+        }
+    }
+
+    /// How many connections to open to keep the minimum; counts them as connecting. The caller
+    /// holds the lock.
+    private func missingForMinimum(_ state: inout State) -> Int {
+        guard state.phase == .running, !state.shuttingDown else { return 0 }
+        let missing = max(
+            0,
+            self.configuration.minimumConnections - state.idle.count - state.inUse - state.connecting
+        )
+        state.connecting += missing
+        return missing
+    }
+
+    /// Opens a connection for the minimum, in a slot already counted in `connecting`.
+    private func openIdle() async {
+        do {
+            let client = try await self.connect()
+            self.workContinuation.yield(.watch(client))
+            self.release(client, from: .connecting)
+        } catch {
+            self.logger.debug("a connection for the pool's minimum failed", metadata: ["error": "\(error)"])
+            self.freeSlot()
+        }
+    }
+
+    /// A watched connection closed: if it was idle, it leaves the idle list at once (and counts
+    /// as replaced), so the next acquire does not find it; below the minimum, another opens.
+    private func closed(_ client: SecureClient) {
+        let (removed, missing) = self.state.withLockedValue { state -> (Bool, Int) in
+            guard let index = state.idle.firstIndex(where: { $0 === client }) else { return (false, 0) }
+            state.idle.remove(at: index)
+            state.replaced += 1
+            return (true, self.missingForMinimum(&state))
+        }
+        if removed {
+            self.gaugeIdle.decrement()
+            self.replacedCounter.increment()
+        }
+        for _ in 0..<missing {
+            self.workContinuation.yield(.open)
         }
     }
 
@@ -209,6 +343,11 @@ public final class ConnectionPool: Sendable {
         var dead: [SecureClient] = []
         let step: Step = try self.state.withLockedValue { state in
             if state.shuttingDown { throw MessagingError(.shuttingDown, "the pool is shutting down") }
+            if state.phase != .running {
+                // Connections open only while `run()` runs: wait for it.
+                state.nextWaiter += 1
+                return .wait(state.nextWaiter)
+            }
             while let client = state.idle.popLast() {
                 self.gaugeIdle.decrement()
                 if client.session.currentState == .open {
@@ -228,7 +367,8 @@ public final class ConnectionPool: Sendable {
         }
         for client in dead {
             self.replacedCounter.increment()
-            Task { await client.close() }
+            // Closed or closing already: this finishes what is left of its close.
+            client.session.beginClose()
         }
         switch step {
         case .use(let client):
@@ -245,30 +385,11 @@ public final class ConnectionPool: Sendable {
         }
     }
 
-    /// Watches a connection: if it dies while idle, it leaves the idle list at once (and
-    /// counts as replaced), so the next acquire does not find it.
-    private func monitor(_ client: SecureClient) {
-        Task { [weak self] in
-            await client.session.waitUntilClosed()
-            guard let self else { return }
-            let removed = self.state.withLockedValue { state -> Bool in
-                guard let index = state.idle.firstIndex(where: { $0 === client }) else { return false }
-                state.idle.remove(at: index)
-                state.replaced += 1
-                return true
-            }
-            if removed {
-                self.gaugeIdle.decrement()
-                self.replacedCounter.increment()
-            }
-        }
-    }
-
     /// Opens a connection in a slot already counted in `connecting`.
     private func openNew() async throws -> SecureClient {
         do {
             let client = try await self.connect()
-            self.monitor(client)
+            self.workContinuation.yield(.watch(client))
             self.state.withLockedValue { state in
                 state.connecting -= 1
                 state.inUse += 1
@@ -282,15 +403,36 @@ public final class ConnectionPool: Sendable {
         }
     }
 
+    /// Waits for a connection or a slot, up to the acquire timeout.
     private func waitForGrant(key: UInt64) async throws -> Grant {
         let timeout = self.configuration.acquireTimeout
-        let timer = Task {
-            try await Task.sleep(for: timeout)
-            let waiter = self.removeWaiter(key)
-            waiter?.resume(throwing: MessagingError(.acquireTimedOut, "no connection free within \(timeout)"))
+        return try await withThrowingTaskGroup(of: Grant?.self) { group in
+            group.addTask { try await self.grant(key: key) }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                if Task.isCancelled { return nil }
+                let (waiter, running) = (self.removeWaiter(key), self.state.withLockedValue { $0.phase == .running })
+                waiter?.resume(
+                    throwing: MessagingError(
+                        .acquireTimedOut,
+                        running
+                            ? "no connection free within \(timeout)"
+                            : "the pool did not run within \(timeout): is its run() running?"
+                    )
+                )
+                return nil
+            }
+            defer { group.cancelAll() }
+            // The timer's nil only means the grant's own task decides (granted, or timed out).
+            for try await grant in group {
+                if let grant { return grant }
+            }
+            throw CancellationError()
         }
-        defer { timer.cancel() }
-        return try await withTaskCancellationHandler {
+    }
+
+    private func grant(key: UInt64) async throws -> Grant {
+        try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Grant, any Error>) in
                 let shuttingDown = self.state.withLockedValue { state -> Bool in
                     if state.shuttingDown { return true }
@@ -348,18 +490,26 @@ public final class ConnectionPool: Sendable {
         }
     }
 
-    /// Gives a connection back (`returning`: it was in use): to a waiter, to the idle list, or,
-    /// when it died or the pool is shutting down, closed.
-    private func release(_ client: SecureClient, returning: Bool) {
+    private enum Origin {
+        case inUse
+        /// Just opened, in a slot counted in `connecting`.
+        case connecting
+    }
+
+    /// Gives a connection back to a waiter or to the idle list, or, when it died or the pool is
+    /// shutting down, closes it.
+    private func release(_ client: SecureClient, from origin: Origin) {
         let alive = client.session.currentState == .open
         enum Outcome {
             case handed(CheckedContinuation<Grant, any Error>, Grant)
+            case idle
             case kept
-            case close
+            case close(missing: Int)
         }
         let outcome: Outcome = self.state.withLockedValue { state in
-            if returning {
-                state.inUse -= 1
+            switch origin {
+            case .inUse: state.inUse -= 1
+            case .connecting: state.connecting -= 1
             }
             if !alive {
                 state.replaced += 1
@@ -375,16 +525,16 @@ public final class ConnectionPool: Sendable {
                     state.connecting += 1
                     return .handed(waiter, .slot)
                 }
-                return .close
+                return .close(missing: self.missingForMinimum(&state))
             }
             if let waiter = self.popWaiter(&state) {
                 state.inUse += 1
                 return .handed(waiter, .connection(client))
             }
             state.idle.append(client)
-            return .kept
+            return .idle
         }
-        if returning {
+        if origin == .inUse {
             self.gaugeInUse.decrement()
         }
         if !alive {
@@ -397,22 +547,28 @@ public final class ConnectionPool: Sendable {
                 self.gaugeInUse.increment()
             }
             if !alive {
-                Task { await client.close() }
+                client.session.beginClose()
             }
             waiter.resume(returning: grant)
+        case .idle:
+            self.gaugeIdle.increment()
         case .kept:
-            if alive, !self.state.withLockedValue({ $0.shuttingDown }) {
-                self.gaugeIdle.increment()
+            break
+        case .close(let missing):
+            // Closed or closing already: this finishes what is left of its close.
+            client.session.beginClose()
+            for _ in 0..<missing {
+                self.workContinuation.yield(.open)
             }
-        case .close:
-            Task { await client.close() }
         }
     }
 
     private func signalDrainedIfDone(_ state: inout State) {
-        if state.shuttingDown, state.inUse == 0, state.connecting == 0, let drained = state.drained {
-            state.drained = nil
-            drained.resume()
+        guard state.shuttingDown, state.inUse == 0, state.connecting == 0 else { return }
+        let drained = state.drained
+        state.drained.removeAll()
+        for waiter in drained {
+            waiter.resume()
         }
     }
 }

@@ -2,6 +2,7 @@ public import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
+public import ServiceLifecycle
 
 /// What happens to a ``ReconnectingClient``'s connection.
 public enum ConnectionEvent: Sendable, Hashable {
@@ -36,7 +37,13 @@ public enum DisconnectedSendPolicy: Sendable, Hashable {
 ///
 /// Messages from the server arrive on ``messages`` across reconnects, and connection changes on
 /// ``events``.
-public final class ReconnectingClient: Sendable {
+///
+/// Nothing happens until ``run()``: it connects, reconnects, and returns when its task is
+/// cancelled, when a `ServiceGroup` shuts down gracefully, when ``close()`` is called, or when
+/// the policy gives up; an open connection is closed with GOODBYE first. Sends and requests
+/// made before `run()` starts wait for the connection like any other (see
+/// ``DisconnectedSendPolicy``).
+public final class ReconnectingClient: Service, Sendable {
     private let host: String
     private let port: Int
     private let transport: any MessagingTransport
@@ -50,7 +57,6 @@ public final class ReconnectingClient: Sendable {
     private let onConnected: (@Sendable (Session) -> Void)?
     private let state = NIOLockedValueBox(State())
     private let eventContinuation: AsyncStream<ConnectionEvent>.Continuation
-    private let runner = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Connection changes, in order.
     public let events: AsyncStream<ConnectionEvent>
@@ -78,9 +84,20 @@ public final class ReconnectingClient: Sendable {
         /// Callers of `sendAcknowledged` waiting for the ACK, by local number.
         var ackWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var nextLocal: UInt64 = 0
+        var phase = RunPhase.idle
+        /// Callers of `close()` waiting for `run()` to return.
+        var runEndWaiters: [CheckedContinuation<Void, Never>] = []
+        /// `run()`'s watch for the client's stopping.
+        var stopWaiter: CheckedContinuation<Void, Never>?
     }
 
-    /// Starts connecting (in the background) and returns at once; see ``events``.
+    private enum RunPhase {
+        case idle
+        case running
+        case ended
+    }
+
+    /// Makes a client; it connects once ``run()`` runs.
     ///
     /// - Parameters:
     ///   - host: the server's address or DNS name.
@@ -120,8 +137,6 @@ public final class ReconnectingClient: Sendable {
         self.logger = logger
         self.sleep = { try await clock.sleep(for: $0) }
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
-        let task = Task { await self.run() }
-        self.runner.withLockedValue { $0 = task }
     }
 
     /// The session now open, if any.
@@ -253,14 +268,30 @@ public final class ReconnectingClient: Sendable {
         }
     }
 
-    /// Stops reconnecting, closes the session gracefully and ends ``events`` and ``messages``.
+    /// Stops reconnecting, closes the session gracefully (GOODBYE), ends ``events`` and
+    /// ``messages``, and returns once ``run()`` has returned (at once when it never ran). Sends
+    /// still waiting for a connection fail with ``MessagingError/Code/shuttingDown``.
     public func close() async {
+        self.shutDown()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let running = self.state.withLockedValue { state in
+                guard state.phase == .running else { return false }
+                state.runEndWaiters.append(continuation)
+                return true
+            }
+            if !running {
+                continuation.resume()
+            }
+        }
+        self.eventContinuation.finish()
+    }
+
+    /// Stops reconnecting, fails the sends waiting for a connection, wakes the readers, and
+    /// starts a graceful close (GOODBYE) of the session open now.
+    private func shutDown() {
         let session = self.stop(MessagingError(.shuttingDown, "the client is closed"))
         self.wakeReaders(with: nil)
-        let task = self.runner.withLockedValue { $0 }
-        task?.cancel()
-        await session?.close()
-        await task?.value
+        session?.beginClose()
     }
 
     private func sendTracked(
@@ -318,9 +349,68 @@ public final class ReconnectingClient: Sendable {
         }
     }
 
-    // MARK: - The connection loop
+    // MARK: - Running
 
-    private func run() async {
+    /// Connects and keeps the client connected, reconnecting with the policy's backoff, until
+    /// the task is cancelled, the service group shuts down gracefully, ``close()`` is called,
+    /// or the policy gives up. Then it says GOODBYE on the open connection, waits until the
+    /// connection is closed, ends ``events`` and ``messages``, and returns.
+    ///
+    /// - Throws: ``MessagingError`` with ``MessagingError/Code/alreadyRunning`` when called
+    ///   while running or after it ran: a client runs once.
+    public func run() async throws {
+        try self.state.withLockedValue { state in
+            guard state.phase == .idle else {
+                throw MessagingError(.alreadyRunning, "a client runs once")
+            }
+            state.phase = .running
+        }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                // The loop, and a watch that ends it when the client is stopped from outside
+                // (a backoff sleep or a connect in progress is then cancelled).
+                group.addTask { await self.connectionLoop() }
+                group.addTask { await self.waitUntilStopped() }
+                await group.next()
+                group.cancelAll()
+            }
+        } onCancelOrGracefulShutdown: {
+            self.shutDown()
+        }
+        let waiters = self.state.withLockedValue { state in
+            state.phase = .ended
+            defer { state.runEndWaiters.removeAll() }
+            return state.runEndWaiters
+        }
+        self.eventContinuation.finish()
+        self.wakeReaders(with: nil)
+        for waiter in waiters {
+            waiter.resume()
+        }
+    }
+
+    /// Returns once the client is stopped, or when cancelled.
+    private func waitUntilStopped() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = self.state.withLockedValue { state in
+                    if state.stopped || Task.isCancelled { return true }
+                    state.stopWaiter = continuation
+                    return false
+                }
+                if now {
+                    continuation.resume()
+                }
+            }
+        } onCancel: {
+            self.state.withLockedValue { state in
+                defer { state.stopWaiter = nil }
+                return state.stopWaiter
+            }?.resume()
+        }
+    }
+
+    private func connectionLoop() async {
         var attempt = 0
         var generator = SystemRandomNumberGenerator()
         var lastError: MessagingError?
@@ -355,11 +445,9 @@ public final class ReconnectingClient: Sendable {
             do {
                 try await self.sleep(delay)
             } catch {
-                break  // Cancelled by close().
+                break  // Cancelled: the client stopped.
             }
         }
-        self.eventContinuation.finish()
-        self.wakeReaders(with: nil)
     }
 
     /// The open session to read from next: not `previous`, which ended. Waits for a
@@ -392,15 +480,19 @@ public final class ReconnectingClient: Sendable {
     /// an ACK, fail with it. Returns the session open now.
     @discardableResult
     private func stop(_ reason: MessagingError) -> Session? {
-        let (session, waiters, ackWaiters) = self.state.withLockedValue { state in
-            state.stopped = true
-            state.stopReason = reason
+        let (session, waiters, ackWaiters, stopWaiter) = self.state.withLockedValue { state in
+            if !state.stopped {
+                state.stopped = true
+                state.stopReason = reason
+            }
             defer {
                 state.waiters.removeAll()
                 state.ackWaiters.removeAll()
+                state.stopWaiter = nil
             }
-            return (state.session, Array(state.waiters.values), Array(state.ackWaiters.values))
+            return (state.session, Array(state.waiters.values), Array(state.ackWaiters.values), state.stopWaiter)
         }
+        stopWaiter?.resume()
         for waiter in waiters {
             waiter.resume(throwing: reason)
         }
@@ -440,23 +532,32 @@ public final class ReconnectingClient: Sendable {
         }
         self.onConnected?(session)
         self.eventContinuation.yield(.connected(sessionID: session.sessionID))
-        // Unacknowledged messages from earlier connections go first, then waiting sends resume.
-        let resend = Task {
-            for (local, topic, body) in pending {
-                do {
-                    try await self.sendTracked(local: local, topic: topic, body: body, on: session, tracker: tracker)
-                } catch {
-                    return
+        await withTaskGroup(of: Void.self) { group in
+            // Unacknowledged messages from earlier connections go first, then waiting sends
+            // resume.
+            group.addTask {
+                for (local, topic, body) in pending {
+                    do {
+                        try await self.sendTracked(
+                            local: local,
+                            topic: topic,
+                            body: body,
+                            on: session,
+                            tracker: tracker
+                        )
+                    } catch {
+                        return
+                    }
                 }
             }
+            for waiter in waiters {
+                waiter.resume(returning: session)
+            }
+            self.wakeReaders(with: session)
+            await session.waitUntilClosed()
+            group.cancelAll()
         }
-        for waiter in waiters {
-            waiter.resume(returning: session)
-        }
-        self.wakeReaders(with: session)
-        await session.waitUntilClosed()
         let failure = session.closeReason
-        resend.cancel()
         let stoppedNow = self.state.withLockedValue { state in
             state.session = nil
             return state.stopped

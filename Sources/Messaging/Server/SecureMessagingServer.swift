@@ -130,7 +130,10 @@ public final class SecureMessagingServer: Service, Sendable {
         try await self.listening.futureResult.get()
     }
 
-    /// Serves until cancelled or shut down.
+    /// Serves until its task is cancelled, its `ServiceGroup` shuts down gracefully, or
+    /// ``shutdown()`` is called; each way, it stops accepting, says GOODBYE to every session
+    /// (ERROR GOING_AWAY to those that do not answer within the drain timeout), and returns
+    /// once they are all closed.
     public func run() async throws {
         let channel: NIOAsyncChannel<Session, Never>
         do {
@@ -162,13 +165,20 @@ public final class SecureMessagingServer: Service, Sendable {
             channel.channel.close(promise: nil)
         }
 
-        try await withGracefulShutdownHandler {
+        try await withTaskCancellationOrGracefulShutdownHandler {
             try await channel.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
-                    for try await session in inbound where self.receiverFactory == nil {
-                        // A receiver runs on the event loop: its sessions need no task (nor its
-                        // memory) of their own.
-                        group.addTask { await self.serve(session) }
+                    var failure: (any Error)?
+                    do {
+                        for try await session in inbound where self.receiverFactory == nil {
+                            // A receiver runs on the event loop: its sessions need no task (nor
+                            // its memory) of their own.
+                            group.addTask { await self.serve(session) }
+                        }
+                    } catch is CancellationError {
+                        // Cancelled: shut down like any other way.
+                    } catch {
+                        failure = error
                     }
                     // No more connections: say GOODBYE to the sessions still here.
                     let remaining = self.registry.all
@@ -178,9 +188,10 @@ public final class SecureMessagingServer: Service, Sendable {
                     for session in remaining {
                         await session.waitUntilClosed()
                     }
+                    if let failure { throw failure }
                 }
             }
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             self.shutdown()
         }
         self.logger.info("stopped")
