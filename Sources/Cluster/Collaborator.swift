@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
 public import ServiceLifecycle
+public import Tracing
 
 /// Settings of a ``Collaborator``.
 public struct CollaboratorConfiguration: Sendable, Hashable {
@@ -32,16 +33,19 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
 /// A `Service`: nothing happens until ``run()``, which returns when its task is cancelled, when
 /// its `ServiceGroup` shuts down gracefully, or after ``leave()``, each time having said
 /// GOODBYE on the open connection.
-public final class Collaborator: Service, Sendable {
+public final class Collaborator: Service, MessageRouting, Sendable {
     public let configuration: CollaboratorConfiguration
     private let client: ReconnectingClient
     /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
+    /// The coder of typed messages (JSON unless given another).
+    public let coder: MessageCoder
     private let status: NIOLockedValueBox<String?>
     /// A signal per status change, for ``run()`` to tell the leader (the newest one kept).
     private let statusChanges: AsyncStream<Void>
     private let statusChangeContinuation: AsyncStream<Void>.Continuation
     private let started = NIOLockedValueBox(false)
+    private let tracing: MessageTracing
 
     /// Connection changes (connected, disconnected, reconnecting, gave up).
     public var events: AsyncStream<ConnectionEvent> { self.client.events }
@@ -54,10 +58,18 @@ public final class Collaborator: Service, Sendable {
         serverHostname: String? = nil,
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() }),
+        tracer: (any Tracer)? = nil,
+        coder: MessageCoder = .json
     ) {
         self.configuration = configuration
-        self.router = Router(maximumConcurrentRequests: configuration.maximumConcurrentRequests, logger: logger)
+        self.coder = coder
+        self.tracing = MessageTracing(configured: tracer)
+        self.router = Router(
+            maximumConcurrentRequests: configuration.maximumConcurrentRequests,
+            logger: logger,
+            tracer: tracer
+        )
         let status = NIOLockedValueBox(configuration.status)
         self.status = status
         (self.statusChanges, self.statusChangeContinuation) = AsyncStream.makeStream(
@@ -90,26 +102,6 @@ public final class Collaborator: Service, Sendable {
 
     /// The session with the leader now, if connected.
     public var session: Session? { self.client.currentSession }
-
-    /// Runs `handler` for every DATA (not REQUEST) on `topic` from the leader; see ``Router``
-    /// for how failures and ordering are handled.
-    public func on(topic: String, _ handler: @escaping Router.MessageHandler) {
-        self.router.on(topic: topic, handler)
-    }
-
-    /// Answers every REQUEST on `topic` from the leader with the body `handler` returns; a
-    /// thrown `RequestError` answers with its code, anything else thrown with FAILED.
-    public func onRequest(
-        topic: String,
-        _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
-    ) {
-        self.router.onRequest(topic: topic, handler)
-    }
-
-    /// Answers every REQUEST on `topic` with the headers and body `handler` returns.
-    public func onRequest(topic: String, _ handler: @escaping Router.RequestHandler) {
-        self.router.onRequest(topic: topic, handler)
-    }
 
     /// Changes the status. The leader hears of it with an extra PING — at once, or, when a
     /// status PING went out less than one heartbeat interval ago, at the end of that interval
@@ -150,6 +142,28 @@ public final class Collaborator: Service, Sendable {
         }
     }
 
+    /// Sends a REQUEST carrying `value` to the leader and decodes its answer, both through
+    /// ``coder``; see ``request(topic:headers:body:timeout:)``.
+    ///
+    /// - Throws: `MessageCodingError` when `value` does not encode or the answer does not
+    ///   decode; otherwise as the `body:` form.
+    public func request<Response: Decodable>(
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        value: some Encodable,
+        as type: Response.Type = Response.self,
+        timeout: TimeAmount? = nil
+    ) async throws -> Response {
+        let body = try self.coder.body(value)
+        let answer = try await self.request(topic: topic, headers: headers, body: body, timeout: timeout)
+        return try self.coder.value(type, of: answer)
+    }
+
+    /// Sends DATA carrying `value` (encoded by ``coder``) to the leader.
+    public func send(topic: String, headers: MessageHeaders = MessageHeaders(), value: some Encodable) async throws {
+        try await self.send(topic: topic, headers: headers, body: try self.coder.body(value))
+    }
+
     /// Sends DATA to the leader (waiting for a connection if needed).
     public func send(
         topic: String,
@@ -157,7 +171,13 @@ public final class Collaborator: Service, Sendable {
         body: ByteBuffer,
         ackRequested: Bool = false
     ) async throws {
-        try await self.client.send(topic: topic, headers: headers, body: body, ackRequested: ackRequested)
+        let tracing = self.tracing
+        try await self.client.send(
+            topic: topic,
+            headers: { tracing.headers(headers, on: $0) },
+            body: body,
+            ackRequested: ackRequested
+        )
     }
 
     /// Sends DATA to the leader and returns once the leader's application took it (its ACK
@@ -168,7 +188,8 @@ public final class Collaborator: Service, Sendable {
     }
 
     /// Sends a REQUEST to the leader and waits for the RESPONSE; the timeout covers waiting for
-    /// a connection too.
+    /// a connection too. It runs in a client span whose trace context goes along in the
+    /// headers (where the leader has the `headers` extension).
     ///
     /// - Throws: `RequestError` when the leader did not serve it (NO_HANDLER, FAILED, …).
     public func request(
@@ -177,7 +198,15 @@ public final class Collaborator: Service, Sendable {
         body: ByteBuffer,
         timeout: TimeAmount? = nil
     ) async throws -> Message {
-        try await self.client.request(topic: topic, headers: headers, body: body, timeout: timeout)
+        try await self.tracing.request(topic: topic, peer: nil) {
+            let tracing = self.tracing
+            return try await self.client.request(
+                topic: topic,
+                headers: { tracing.headers(headers, on: $0) },
+                body: body,
+                timeout: timeout
+            )
+        }
     }
 
     /// Connects to the leader (and reconnects), handles what it sends, and announces status

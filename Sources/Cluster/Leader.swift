@@ -5,6 +5,7 @@ public import NIOCore
 public import NIOPosix
 public import SecureTransport
 public import ServiceLifecycle
+public import Tracing
 
 /// Settings of a ``Leader``.
 public struct LeaderConfiguration: Sendable, Hashable {
@@ -34,7 +35,7 @@ public struct LeaderConfiguration: Sendable, Hashable {
 /// One collaborator per node_id: a second connection with a node_id already connected
 /// replaces the first (which gets ERROR GOING_AWAY). A broadcast never waits on one slow or
 /// failing collaborator.
-public final class Leader: Service, Sendable {
+public final class Leader: Service, MessageRouting, Sendable {
     public let configuration: LeaderConfiguration
     /// Membership changes, in order.
     public let events: AsyncStream<MembershipEvent>
@@ -43,8 +44,11 @@ public final class Leader: Service, Sendable {
     private let state = NIOLockedValueBox(State())
     /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
+    /// The coder of typed messages (JSON unless given another).
+    public let coder: MessageCoder
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let logger: Logger
+    private let tracing: MessageTracing
 
     private struct State {
         var records: [String: CollaboratorRecord] = [:]
@@ -57,11 +61,19 @@ public final class Leader: Service, Sendable {
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
-        metrics: MessagingMetrics = MessagingMetrics()
+        metrics: MessagingMetrics = MessagingMetrics(),
+        tracer: (any Tracer)? = nil,
+        coder: MessageCoder = .json
     ) {
         self.configuration = configuration
+        self.coder = coder
         self.logger = logger
-        self.router = Router(maximumConcurrentRequests: configuration.maximumConcurrentRequests, logger: logger)
+        self.tracing = MessageTracing(configured: tracer)
+        self.router = Router(
+            maximumConcurrentRequests: configuration.maximumConcurrentRequests,
+            logger: logger,
+            tracer: tracer
+        )
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
         // The handler refers to the leader, which is not built yet: route through a box.
         let box = NIOLockedValueBox<Leader?>(nil)
@@ -76,28 +88,6 @@ public final class Leader: Service, Sendable {
             try await leader.serve(session)
         }
         box.withLockedValue { $0 = self }
-    }
-
-    // MARK: - Configuration of handlers
-
-    /// Runs `handler` for every DATA (not REQUEST) on `topic` from any collaborator; see
-    /// ``Router`` for how failures and ordering are handled.
-    public func on(topic: String, _ handler: @escaping Router.MessageHandler) {
-        self.router.on(topic: topic, handler)
-    }
-
-    /// Answers every REQUEST on `topic` from any collaborator with the body `handler` returns;
-    /// a thrown `RequestError` answers with its code, anything else thrown with FAILED.
-    public func onRequest(
-        topic: String,
-        _ handler: @escaping @Sendable (Message, HandlerContext) async throws -> ByteBuffer
-    ) {
-        self.router.onRequest(topic: topic, handler)
-    }
-
-    /// Answers every REQUEST on `topic` with the headers and body `handler` returns.
-    public func onRequest(topic: String, _ handler: @escaping Router.RequestHandler) {
-        self.router.onRequest(topic: topic, handler)
     }
 
     // MARK: - Membership
@@ -124,7 +114,9 @@ public final class Leader: Service, Sendable {
 
     // MARK: - Reaching collaborators
 
-    /// Sends a REQUEST to one collaborator and waits for its RESPONSE.
+    /// Sends a REQUEST to one collaborator and waits for its RESPONSE, in a client span whose
+    /// trace context goes along in the headers (where the collaborator has the `headers`
+    /// extension).
     ///
     /// - Throws: `RequestError` when the collaborator did not serve it (see
     ///   `Session/request(topic:headers:body:timeout:)`), `MessagingError` with
@@ -136,17 +128,54 @@ public final class Leader: Service, Sendable {
         body: ByteBuffer,
         timeout: TimeAmount? = nil
     ) async throws -> Message {
-        try await self.session(of: nodeID).request(topic: topic, headers: headers, body: body, timeout: timeout)
+        try await self.tracing.request(topic: topic, peer: nodeID) {
+            let session = try self.session(of: nodeID)
+            return try await session.request(
+                topic: topic,
+                headers: self.tracing.headers(headers, on: session),
+                body: body,
+                timeout: timeout
+            )
+        }
     }
 
-    /// Sends DATA to one collaborator.
+    /// Sends a REQUEST carrying `value` to one collaborator and decodes its answer, both
+    /// through ``coder``; see ``request(to:topic:headers:body:timeout:)``.
+    ///
+    /// - Throws: `MessageCodingError` when `value` does not encode or the answer does not
+    ///   decode; otherwise as the `body:` form.
+    public func request<Response: Decodable>(
+        to nodeID: String,
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        value: some Encodable,
+        as type: Response.Type = Response.self,
+        timeout: TimeAmount? = nil
+    ) async throws -> Response {
+        let body = try self.coder.body(value)
+        let answer = try await self.request(to: nodeID, topic: topic, headers: headers, body: body, timeout: timeout)
+        return try self.coder.value(type, of: answer)
+    }
+
+    /// Sends DATA carrying `value` (encoded by ``coder``) to one collaborator.
+    public func send(
+        to nodeID: String,
+        topic: String,
+        headers: MessageHeaders = MessageHeaders(),
+        value: some Encodable
+    ) async throws {
+        try await self.send(to: nodeID, topic: topic, headers: headers, body: try self.coder.body(value))
+    }
+
+    /// Sends DATA to one collaborator, with the current trace context in its headers.
     public func send(
         to nodeID: String,
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer
     ) async throws {
-        try await self.session(of: nodeID).send(topic: topic, headers: headers, body: body)
+        let session = try self.session(of: nodeID)
+        try await session.send(topic: topic, headers: self.tracing.headers(headers, on: session), body: body)
     }
 
     /// Sends DATA to every connected collaborator without waiting on any of them; returns how

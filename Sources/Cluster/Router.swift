@@ -4,6 +4,7 @@ public import Messaging
 import NIOConcurrencyHelpers
 public import NIOCore
 import SecureTransport
+public import Tracing
 
 /// What a handler knows of the message it handles: who sent it, on which session, its
 /// headers, its deadline, and a logger that says all of that.
@@ -21,6 +22,9 @@ public struct HandlerContext: Sendable {
     public let deadline: ContinuousClock.Instant?
     /// A logger whose metadata names the node, the session, the topic and the request.
     public let logger: Logger
+    /// The trace context the handler runs in: that of its span, which continues the trace
+    /// the message carried (also `ServiceContext.current` inside the handler).
+    public let serviceContext: ServiceContext
 }
 
 /// A request's answer: a body, and headers (sent where the peer has the `headers` extension,
@@ -48,6 +52,9 @@ public struct Response: Sendable {
 ///   Neither closes nor stalls the session: only protocol violations do.
 /// - A REQUEST's handler is cancelled when the requester CANCELs it, when the connection
 ///   ends, or at its deadline (answered DEADLINE_EXCEEDED).
+/// - Every handler runs in a span (kind server for a REQUEST, consumer for other DATA) that
+///   continues the trace the message's headers carry (`traceparent`, `tracestate`, or whatever
+///   the tracer propagates); a REQUEST answered with a failure marks its span as an error.
 public final class Router: Sendable {
     public typealias MessageHandler = @Sendable (Message, HandlerContext) async throws -> Void
     public typealias RequestHandler = @Sendable (Message, HandlerContext) async throws -> Response
@@ -60,20 +67,24 @@ public final class Router: Sendable {
     private let logger: Logger
     private let requestFailures: Counter
     private let messageFailures: Counter
+    private let tracing: MessageTracing
 
     /// - Parameters:
     ///   - maximumConcurrentRequests: the most REQUESTs of one session in handlers at once.
     ///   - logger: where handler failures are logged.
     ///   - metrics: where handler failures are counted (`smsg_handler_failures_total`, by
     ///     `kind`: request or message).
+    ///   - tracer: the tracer of the handlers' spans; `nil`, that of `InstrumentationSystem`.
     public init(
         maximumConcurrentRequests: Int = 64,
         logger: Logger,
-        metrics: any MetricsFactory = MetricsSystem.factory
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        tracer: (any Tracer)? = nil
     ) {
         precondition(maximumConcurrentRequests > 0, "maximumConcurrentRequests must be positive")
         self.maximumConcurrentRequests = maximumConcurrentRequests
         self.logger = logger
+        self.tracing = MessageTracing(configured: tracer)
         self.requestFailures = Counter(
             label: "smsg_handler_failures_total",
             dimensions: [("kind", "request")],
@@ -173,18 +184,23 @@ public final class Router: Sendable {
             certificateIdentity: session.peerCertificate?.identity,
             headers: message.headers,
             deadline: deadline,
-            logger: logger
+            logger: logger,
+            serviceContext: ServiceContext.current ?? .topLevel
         )
     }
 
     private func handleMessage(_ message: Message, on session: Session) async {
         guard let handler = self.handlers.withLockedValue({ $0.messages[message.topic] }) else { return }
-        let context = self.context(of: message, on: session, deadline: nil)
-        do {
-            try await handler(message, context)
-        } catch {
-            self.messageFailures.increment()
-            context.logger.warning("message handler failed", metadata: ["error": "\(error)"])
+        await self.tracing.handle(message, nodeID: session.peer?.nodeID ?? "") { span in
+            let context = self.context(of: message, on: session, deadline: nil)
+            do {
+                try await handler(message, context)
+            } catch {
+                self.messageFailures.increment()
+                span.recordError(error)
+                span.setStatus(SpanStatus(code: .error))
+                context.logger.warning("message handler failed", metadata: ["error": "\(error)"])
+            }
         }
     }
 
@@ -205,6 +221,17 @@ public final class Router: Sendable {
             )
             return
         }
+        await self.tracing.handle(message, nodeID: session.peer?.nodeID ?? "") { span in
+            await self.handleRequest(message, on: session, with: handler, in: span)
+        }
+    }
+
+    private func handleRequest(
+        _ message: Message,
+        on session: Session,
+        with handler: @escaping RequestHandler,
+        in span: any Span
+    ) async {
         let deadline = message.responderDeadline
         let context = self.context(of: message, on: session, deadline: deadline)
         // The handler races the requester's giving up and the deadline. The first to end wins:
@@ -249,18 +276,22 @@ public final class Router: Sendable {
                 }
             }
             race.cancelAll()
+            let result: Result<Response, RequestError>
             switch outcome {
-            case .answered(let result):
-                await self.answer(message, on: session, with: result)
+            case .answered(let answer):
+                result = answer
             case .deadlineExceeded:
-                await self.answer(
-                    message,
-                    on: session,
-                    with: .failure(RequestError(.deadlineExceeded, "the request's deadline passed"))
-                )
+                result = .failure(RequestError(.deadlineExceeded, "the request's deadline passed"))
             case .abandoned:
                 context.logger.debug("request abandoned by the requester")
+                span.attributes["smsg.status_code"] = Int(RequestError.Code.cancelled.rawValue)
+                return
             }
+            if case .failure(let failure) = result {
+                span.attributes["smsg.status_code"] = Int(failure.code.rawValue)
+                span.setStatus(SpanStatus(code: .error, message: failure.code.description))
+            }
+            await self.answer(message, on: session, with: result)
         }
     }
 

@@ -8,6 +8,7 @@ import NIOPosix
 import SMSGTestSupport
 import SecureTransport
 import Testing
+import Tracing
 
 /// The test CA of scripts/gen-certs.sh, plus client certificates for `collab-1` … `collab-N`
 /// made on demand with the openssl CLI.
@@ -125,6 +126,7 @@ final class MembershipLog: Sendable {
 /// A leader on 127.0.0.1 with mutual TLS, running for the duration of `body`.
 func withLeader<T>(
     heartbeat: TimeAmount = .milliseconds(200),
+    tracer: (any Tracer)? = nil,
     configure: (inout LeaderConfiguration) -> Void = { _ in },
     _ body: (Leader, Int, MembershipLog) async throws -> T
 ) async throws -> T {
@@ -135,7 +137,8 @@ func withLeader<T>(
     let leader = Leader(
         configuration: configuration,
         transport: try ClusterCertificates.leaderTransport(),
-        logger: quiet
+        logger: quiet,
+        tracer: tracer
     )
     let log = MembershipLog(leader)
     let running = Task { try await leader.run() }
@@ -159,6 +162,7 @@ func startCollaborator(
     status: String? = nil,
     heartbeat: TimeAmount = .milliseconds(200),
     certificate: String? = nil,
+    tracer: (any Tracer)? = nil,
     configure: (inout CollaboratorConfiguration) -> Void = { _ in }
 ) async throws -> (Collaborator, Task<Void, any Error>) {
     var configuration = CollaboratorConfiguration(nodeID: name, status: status)
@@ -174,7 +178,8 @@ func startCollaborator(
         leaderPort: port,
         transport: try await ClusterCertificates.collaboratorTransport(certificate ?? name),
         serverHostname: "localhost",
-        configuration: configuration
+        configuration: configuration,
+        tracer: tracer
     )
     let running = Task { try await collaborator.run() }
     return (collaborator, running)

@@ -162,9 +162,20 @@ public final class ReconnectingClient: Service, Sendable {
         body: ByteBuffer,
         ackRequested: Bool = false
     ) async throws {
+        try await self.send(topic: topic, headers: { _ in headers }, body: body, ackRequested: ackRequested)
+    }
+
+    /// `send(topic:headers:body:ackRequested:)` with headers made for the session it goes on
+    /// (what a peer without the `headers` extension cannot take is left out).
+    package func send(
+        topic: String,
+        headers: (Session) -> MessageHeaders,
+        body: ByteBuffer,
+        ackRequested: Bool = false
+    ) async throws {
         guard ackRequested else {
             let session = try await self.sessionForSending()
-            try await session.send(topic: topic, headers: headers, body: body)
+            try await session.send(topic: topic, headers: headers(session), body: body)
             return
         }
         _ = try await self.sendKept(topic: topic, body: body)
@@ -237,6 +248,16 @@ public final class ReconnectingClient: Service, Sendable {
         body: ByteBuffer,
         timeout: TimeAmount? = nil
     ) async throws -> Message {
+        try await self.request(topic: topic, headers: { _ in headers }, body: body, timeout: timeout)
+    }
+
+    /// `request(topic:headers:body:timeout:)` with headers made for the session it goes on.
+    package func request(
+        topic: String,
+        headers: (Session) -> MessageHeaders,
+        body: ByteBuffer,
+        timeout: TimeAmount? = nil
+    ) async throws -> Message {
         let timeout = timeout ?? self.configuration.session.requestTimeout
         let start = ContinuousClock.now
         let session = try await self.sessionForSending(within: Duration.nanoseconds(timeout.nanoseconds))
@@ -246,7 +267,12 @@ public final class ReconnectingClient: Service, Sendable {
         }
         let components = left.components
         let nanoseconds = components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
-        return try await session.request(topic: topic, headers: headers, body: body, timeout: .nanoseconds(nanoseconds))
+        return try await session.request(
+            topic: topic,
+            headers: headers(session),
+            body: body,
+            timeout: .nanoseconds(nanoseconds)
+        )
     }
 
     /// ``sessionForSending()``, giving up after `limit`.
