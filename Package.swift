@@ -91,6 +91,20 @@ let package = Package(
             path: "Examples/smsg-example"
         ),
         .executableTarget(
+            name: "cluster-example",
+            dependencies: [
+                "Cluster",
+                "Messaging",
+                "SecureTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/cluster-example"
+        ),
+        .executableTarget(
             name: "smsg-fuzz",
             dependencies: [
                 "Messaging",

@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# The README's messaging example must be exactly Examples/smsg-example/Example.swift, which
-# CI compiles and runs: this keeps the documented API honest.
+# The documented examples must be exactly the example programs CI compiles and runs: the
+# README's messaging example is Examples/smsg-example/Example.swift, and the cluster example
+# in the README and in the Cluster DocC catalogue is Examples/cluster-example/Example.swift.
+# This keeps the documented API honest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extracted=$(awk '/<!-- example:begin -->/{flag=1; next} /<!-- example:end -->/{flag=0} flag' README.md | sed '1d;$d')
-if ! diff <(printf '%s\n' "$extracted") Examples/smsg-example/Example.swift; then
-    echo "README.md's example differs from Examples/smsg-example/Example.swift (diff above)" >&2
-    exit 1
-fi
-echo "README example matches Examples/smsg-example/Example.swift"
+status=0
+check() {
+    local document=$1 marker=$2 program=$3 extracted
+    extracted=$(awk "/<!-- $marker:begin -->/{flag=1; next} /<!-- $marker:end -->/{flag=0} flag" "$document" | sed '1d;$d')
+    if [ -z "$extracted" ]; then
+        echo "$document has no $marker block" >&2
+        status=1
+    elif ! diff <(printf '%s\n' "$extracted") "$program"; then
+        echo "$document's $marker differs from $program (diff above)" >&2
+        status=1
+    else
+        echo "$document's $marker matches $program"
+    fi
+}
+check README.md example Examples/smsg-example/Example.swift
+check README.md cluster-example Examples/cluster-example/Example.swift
+check Sources/Cluster/Docs.docc/LeaderAndCollaborators.md cluster-example Examples/cluster-example/Example.swift
+exit $status

@@ -1,11 +1,12 @@
+import Logging
+import Messaging
+public import NIOCore
+
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
 #else
 public import Foundation
 #endif
-import Logging
-public import Messaging
-public import NIOCore
 
 /// Turns a value into a message body.
 public protocol MessageEncoder: Sendable {
@@ -86,7 +87,7 @@ public struct MessageCodingError: Error, Hashable, Sendable, CustomStringConvert
 extension Router {
     /// Runs `handler` with the value decoded from every DATA (not REQUEST) on `topic`; a body
     /// that does not decode is logged and counted as a handler failure.
-    public func on<Value: Decodable>(
+    public func on<Value: Decodable & Sendable>(
         topic: String,
         as type: Value.Type,
         coder: MessageCoder,
@@ -100,7 +101,7 @@ extension Router {
     /// Answers every REQUEST on `topic` with the encoded value `handler` returns for the
     /// decoded request; a body that does not decode is answered INVALID_ARGUMENT, and a
     /// returned value that does not encode FAILED.
-    public func onRequest<Request: Decodable, Response: Encodable>(
+    public func onRequest<Request: Decodable & Sendable, Response: Encodable & Sendable>(
         topic: String,
         as type: Request.Type,
         coder: MessageCoder,

@@ -19,7 +19,7 @@ extension MessageRouting {
 
     /// Runs `handler` with the value decoded (by ``coder``) from every DATA on `topic`; a body
     /// that does not decode counts as the handler's failure.
-    public func on<Value: Decodable>(
+    public func on<Value: Decodable & Sendable>(
         topic: String,
         as type: Value.Type,
         _ handler: @escaping @Sendable (Value, HandlerContext) async throws -> Void
@@ -44,7 +44,7 @@ extension MessageRouting {
     /// Answers every REQUEST on `topic` with the value `handler` returns for the decoded
     /// request (both through ``coder``); a body that does not decode is answered
     /// INVALID_ARGUMENT.
-    public func onRequest<Request: Decodable, Response: Encodable>(
+    public func onRequest<Request: Decodable & Sendable, Response: Encodable & Sendable>(
         topic: String,
         as type: Request.Type,
         _ handler: @escaping @Sendable (Request, HandlerContext) async throws -> Response

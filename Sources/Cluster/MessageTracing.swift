@@ -86,7 +86,13 @@ struct MessageTracing: Sendable {
         nodeID: String,
         _ operation: (any Span) async -> T
     ) async -> T {
-        await Self.serverSpan(self.tracer, message: message, context: self.context(of: message), nodeID: nodeID, operation)
+        await Self.serverSpan(
+            self.tracer,
+            message: message,
+            context: self.context(of: message),
+            nodeID: nodeID,
+            operation
+        )
     }
 
     private static func serverSpan<T>(
