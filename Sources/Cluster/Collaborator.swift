@@ -119,7 +119,9 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     private func announceStatusChanges() async {
         let interval = Duration(self.configuration.session.heartbeatInterval)
         var last: ContinuousClock.Instant?
-        var announced: String?
+        // What went out, on which session: a new session learnt the status from its HELLO and
+        // first PING, so only a change since then needs another.
+        var announced: (status: String, session: ObjectIdentifier)?
         for await _ in self.statusChanges {
             if let last {
                 let wait = interval - (ContinuousClock.now - last)
@@ -132,12 +134,12 @@ public final class Collaborator: Service, MessageRouting, Sendable {
                 }
             }
             // The newest status: changes made while waiting go out together.
-            guard let current = self.status.withLockedValue({ $0 }), current != announced,
-                let session = self.client.currentSession
+            guard let current = self.status.withLockedValue({ $0 }), let session = self.client.currentSession,
+                announced?.status != current || announced?.session != ObjectIdentifier(session)
             else { continue }
             session.setPingStatus(ByteBuffer(string: current))
             session.ping()
-            announced = current
+            announced = (current, ObjectIdentifier(session))
             last = ContinuousClock.now
         }
     }
@@ -214,7 +216,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// ``leave()`` is called; says GOODBYE on the open connection, waits until it is closed, and
     /// returns.
     ///
-    /// - Throws: `MessagingError` with `MessagingError.Code.alreadyRunning` when called while
+    /// - Throws: `MessagingError` with `MessagingError.Code.gaveUp` when its reconnect policy
+    ///   ran out of attempts; with `MessagingError.Code.alreadyRunning` when called while
     ///   running or after it ran: a collaborator runs once.
     public func run() async throws {
         let again = self.started.withLockedValue { started in

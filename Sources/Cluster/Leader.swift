@@ -279,6 +279,9 @@ public final class Leader: Service, MessageRouting, Sendable {
         let ended = await self.router.serve(session.messages.map { SessionMessage(message: $0, session: session) })
         if let error = ended as? MessagingError {
             reason = error.errorCode == .timeout ? .timeout : .connectionLost(error.reason)
+        } else if ended is CancellationError {
+            // The leader is being cancelled: it says GOODBYE to everyone.
+            reason = .graceful
         } else if let ended {
             reason = .connectionLost("\(ended)")
         }

@@ -107,6 +107,7 @@ struct ServiceLifecycleTests {
             transport: try ClusterCertificates.leaderTransport(),
             logger: quiet
         )
+        let log = MembershipLog(leader)
         let group = ServiceGroup(services: [leader], logger: quiet)
         let running = Task { try await group.run() }
         let port = try await leader.listeningAddress().port!
@@ -124,6 +125,8 @@ struct ServiceLifecycleTests {
             await session.waitUntilClosed()
             #expect(session.closeReason == nil, "closed by the leader's GOODBYE, not an error")
             #expect(leader.sessionCount == 0)
+            await eventually("the departure recorded") { log.left("collab-2") != nil }
+            #expect(log.left("collab-2") == .graceful, "the leader said GOODBYE: a graceful departure")
             await collaborator.leave()
             try await tasks.waitForAll()
         }

@@ -112,4 +112,42 @@ struct ClientServiceTests {
         }
         _ = closed
     }
+
+    @Test("cancelling a reader of messages ends its loop, with the client still connected")
+    func readerCancellation() async throws {
+        try await withServer(.plaintext) { _, port in
+            let client = Self.client(port: port)
+            let running = startRunning(client)
+            _ = try await client.request(topic: "t", body: ByteBuffer(string: "up"))
+            let reader = Task {
+                var count = 0
+                for await _ in client.messages { count += 1 }
+                return count
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            reader.cancel()
+            #expect(await reader.value == 0)
+            #expect(client.currentSession?.currentState == .open)
+            await client.close()
+            try await running.value
+        }
+    }
+
+    @Test("cancelling a server's run(): each session gets GOODBYE, not ERROR INTERNAL")
+    func serverCancellation() async throws {
+        let server = SecureMessagingServer(
+            configuration: ServerConfiguration(port: 0),
+            transport: PlainTCPTransport(),
+            logger: quietLogger,
+            handler: echoHandler
+        )
+        let running = Task { try await server.run() }
+        let port = try await server.listeningAddress().port!
+        let client = try await connect(.plaintext, port: port, nodeID: "cancelled-under")
+        _ = try await client.request(topic: "t", body: ByteBuffer(string: "x"))
+        running.cancel()
+        try await running.value
+        await client.session.waitUntilClosed()
+        #expect(client.session.closeReason == nil, "closed by the server's GOODBYE, not an error")
+    }
 }

@@ -206,4 +206,21 @@ struct ConnectionPoolTests {
             #expect(reasons.allSatisfy { $0 == nil }, "each closed by GOODBYE, none by an error: \(reasons)")
         }
     }
+
+    @Test(
+        "shutdown right as run() opens the minimum returns, every time",
+        .timeLimit(.minutes(1))
+    )
+    func shutdownRacesMinimum() async throws {
+        try await withServer(.plaintext) { server, port in
+            for _ in 0..<25 {
+                let pool = try Self.pool(port: port, kind: .plaintext, maximum: 4, minimum: 2)
+                let running = startRunning(pool)
+                await pool.shutdown()
+                try await running.value
+                #expect(pool.statistics.total == 0)
+            }
+            await eventually("every connection closed") { server.activeSessionCount == 0 }
+        }
+    }
 }

@@ -77,8 +77,13 @@ struct ReconnectTests {
         } catch let error as MessagingError {
             #expect(error.code == .gaveUp)
         }
-        // Having given up, run() returned on its own.
-        try await running.value
+        // Having given up, run() returned on its own, saying why.
+        do {
+            try await running.value
+            Issue.record("run() must throw when the client gives up")
+        } catch let error as MessagingError {
+            #expect(error.code == .gaveUp)
+        }
         await client.close()
     }
 
@@ -105,7 +110,7 @@ struct ReconnectTests {
         await eventually("gave up after its attempts", timeout: .seconds(30)) { log.gaveUp }
         #expect(log.attempts.count == 8)
         _ = closed
-        try await running.value
+        await #expect(throws: MessagingError.self) { try await running.value }
         await client.close()
     }
 

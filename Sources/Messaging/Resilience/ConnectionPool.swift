@@ -167,9 +167,7 @@ public final class ConnectionPool: Service, Sendable {
             self.gaugeWaiters.decrement()
             waiter.resume(returning: .slot)
         }
-        for _ in 0..<missing {
-            self.workContinuation.yield(.open)
-        }
+        self.requestOpens(missing)
         await withTaskCancellationOrGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 // Ends when shutdown begins (or the task is cancelled).
@@ -302,6 +300,16 @@ public final class ConnectionPool: Service, Sendable {
         return missing
     }
 
+    /// Asks `run()` to open `count` connections, in slots already counted in `connecting`; a
+    /// slot whose request comes after shutdown began is given back.
+    private func requestOpens(_ count: Int) {
+        for _ in 0..<count {
+            if case .terminated = self.workContinuation.yield(.open) {
+                self.freeSlot()
+            }
+        }
+    }
+
     /// Opens a connection for the minimum, in a slot already counted in `connecting`.
     private func openIdle() async {
         do {
@@ -327,62 +335,50 @@ public final class ConnectionPool: Service, Sendable {
             self.gaugeIdle.decrement()
             self.replacedCounter.increment()
         }
-        for _ in 0..<missing {
-            self.workContinuation.yield(.open)
-        }
+        self.requestOpens(missing)
     }
 
     // MARK: - Acquire and release
 
     private func acquire() async throws -> SecureClient {
-        enum Step {
-            case use(SecureClient)
-            case open
-            case wait(UInt64)
+        let grant: Grant
+        if let now = try self.state.withLockedValue({ try self.grantNow(&$0) }) {
+            grant = now
+        } else {
+            grant = try await self.waitForGrant()
         }
-        var dead: [SecureClient] = []
-        let step: Step = try self.state.withLockedValue { state in
-            if state.shuttingDown { throw MessagingError(.shuttingDown, "the pool is shutting down") }
-            if state.phase != .running {
-                // Connections open only while `run()` runs: wait for it.
-                state.nextWaiter += 1
-                return .wait(state.nextWaiter)
-            }
-            while let client = state.idle.popLast() {
-                self.gaugeIdle.decrement()
-                if client.session.currentState == .open {
-                    state.inUse += 1
-                    self.gaugeInUse.increment()
-                    return .use(client)
-                }
-                state.replaced += 1
-                dead.append(client)
-            }
-            if state.inUse + state.connecting < self.configuration.maximumConnections {
-                state.connecting += 1
-                return .open
-            }
-            state.nextWaiter += 1
-            return .wait(state.nextWaiter)
+        switch grant {
+        case .connection(let client):
+            return client
+        case .slot:
+            return try await self.openNew()
         }
-        for client in dead {
+    }
+
+    /// A connection or a slot to open one in, if there is one now (counted as in use or
+    /// connecting); `nil`: the caller waits. The caller holds the lock.
+    private func grantNow(_ state: inout State) throws -> Grant? {
+        if state.shuttingDown { throw MessagingError(.shuttingDown, "the pool is shutting down") }
+        // Connections open only while `run()` runs: until then, everyone waits for it.
+        guard state.phase == .running else { return nil }
+        while let client = state.idle.popLast() {
+            self.gaugeIdle.decrement()
+            if client.session.currentState == .open {
+                state.inUse += 1
+                self.gaugeInUse.increment()
+                return .connection(client)
+            }
+            state.replaced += 1
             self.replacedCounter.increment()
-            // Closed or closing already: this finishes what is left of its close.
+            // Closed or closing already: this finishes what is left of its close (it only
+            // schedules work on the connection's event loop).
             client.session.beginClose()
         }
-        switch step {
-        case .use(let client):
-            return client
-        case .open:
-            return try await self.openNew()
-        case .wait(let key):
-            switch try await self.waitForGrant(key: key) {
-            case .connection(let client):
-                return client
-            case .slot:
-                return try await self.openNew()
-            }
+        if state.inUse + state.connecting < self.configuration.maximumConnections {
+            state.connecting += 1
+            return .slot
         }
+        return nil
     }
 
     /// Opens a connection in a slot already counted in `connecting`.
@@ -404,62 +400,97 @@ public final class ConnectionPool: Service, Sendable {
     }
 
     /// Waits for a connection or a slot, up to the acquire timeout.
-    private func waitForGrant(key: UInt64) async throws -> Grant {
+    /// A wait of one caller for a grant. Touched only under the pool's lock.
+    private final class Ticket: @unchecked Sendable {
+        /// Set once the caller is registered among the waiters.
+        var key: UInt64?
+        /// The timeout passed before the caller was registered.
+        var expired = false
+    }
+
+    /// Waits for a connection or a slot, up to the acquire timeout. The decision to wait and
+    /// the registration as a waiter are one step under the lock, so no grant, timeout or
+    /// cancellation in between is lost.
+    private func waitForGrant() async throws -> Grant {
         let timeout = self.configuration.acquireTimeout
-        return try await withThrowingTaskGroup(of: Grant?.self) { group in
-            group.addTask { try await self.grant(key: key) }
+        let ticket = Ticket()
+        return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try? await Task.sleep(for: timeout)
-                if Task.isCancelled { return nil }
-                let (waiter, running) = (self.removeWaiter(key), self.state.withLockedValue { $0.phase == .running })
-                waiter?.resume(
-                    throwing: MessagingError(
-                        .acquireTimedOut,
-                        running
-                            ? "no connection free within \(timeout)"
-                            : "the pool did not run within \(timeout): is its run() running?"
-                    )
-                )
-                return nil
+                if !Task.isCancelled {
+                    self.expire(ticket, timeout: timeout)
+                }
             }
             defer { group.cancelAll() }
-            // The timer's nil only means the grant's own task decides (granted, or timed out).
-            for try await grant in group {
-                if let grant { return grant }
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Grant, any Error>) in
+                    let now: Result<Grant, any Error>? = self.state.withLockedValue { state in
+                        if ticket.expired { return .failure(self.timeoutError(timeout, state: state)) }
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        do {
+                            if let grant = try self.grantNow(&state) { return .success(grant) }
+                        } catch {
+                            return .failure(error)
+                        }
+                        state.nextWaiter += 1
+                        ticket.key = state.nextWaiter
+                        state.waiters[state.nextWaiter] = continuation
+                        state.waiterOrder.append(state.nextWaiter)
+                        return nil
+                    }
+                    if let now {
+                        continuation.resume(with: now)
+                    } else {
+                        self.gaugeWaiters.increment()
+                    }
+                }
+            } onCancel: {
+                self.withdraw(ticket)?.resume(throwing: CancellationError())
             }
-            throw CancellationError()
         }
     }
 
-    private func grant(key: UInt64) async throws -> Grant {
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Grant, any Error>) in
-                let shuttingDown = self.state.withLockedValue { state -> Bool in
-                    if state.shuttingDown { return true }
-                    state.waiters[key] = continuation
-                    state.waiterOrder.append(key)
-                    return false
-                }
-                if shuttingDown {
-                    continuation.resume(throwing: MessagingError(.shuttingDown, "the pool is shutting down"))
-                } else {
-                    self.gaugeWaiters.increment()
-                }
+    private func timeoutError(_ timeout: Duration, state: State) -> MessagingError {
+        MessagingError(
+            .acquireTimedOut,
+            state.phase == .running
+                ? "no connection free within \(timeout)"
+                : "the pool did not run within \(timeout): is its run() running?"
+        )
+    }
+
+    /// The acquire timeout passed: fails the waiter, or, not registered yet, marks it.
+    private func expire(_ ticket: Ticket, timeout: Duration) {
+        let (waiter, error) = self.state.withLockedValue {
+            state -> (CheckedContinuation<Grant, any Error>?, MessagingError) in
+            let error = self.timeoutError(timeout, state: state)
+            guard let key = ticket.key else {
+                ticket.expired = true
+                return (nil, error)
             }
-        } onCancel: {
-            self.removeWaiter(key)?.resume(throwing: CancellationError())
+            return (self.removeWaiter(key, &state), error)
+        }
+        if let waiter {
+            self.gaugeWaiters.decrement()
+            waiter.resume(throwing: error)
         }
     }
 
-    private func removeWaiter(_ key: UInt64) -> CheckedContinuation<Grant, any Error>? {
-        let waiter = self.state.withLockedValue { state -> CheckedContinuation<Grant, any Error>? in
-            guard let waiter = state.waiters.removeValue(forKey: key) else { return nil }
-            state.waiterOrder.removeAll { $0 == key }
-            return waiter
+    /// Takes a cancelled caller out of the waiters (if registered and not granted yet).
+    private func withdraw(_ ticket: Ticket) -> CheckedContinuation<Grant, any Error>? {
+        let waiter = self.state.withLockedValue { state in
+            ticket.key.flatMap { self.removeWaiter($0, &state) }
         }
         if waiter != nil {
             self.gaugeWaiters.decrement()
         }
+        return waiter
+    }
+
+    /// The caller holds the lock.
+    private func removeWaiter(_ key: UInt64, _ state: inout State) -> CheckedContinuation<Grant, any Error>? {
+        guard let waiter = state.waiters.removeValue(forKey: key) else { return nil }
+        state.waiterOrder.removeAll { $0 == key }
         return waiter
     }
 
@@ -557,9 +588,7 @@ public final class ConnectionPool: Service, Sendable {
         case .close(let missing):
             // Closed or closing already: this finishes what is left of its close.
             client.session.beginClose()
-            for _ in 0..<missing {
-                self.workContinuation.yield(.open)
-            }
+            self.requestOpens(missing)
         }
     }
 

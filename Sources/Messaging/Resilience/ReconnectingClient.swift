@@ -75,7 +75,8 @@ public final class ReconnectingClient: Service, Sendable {
         var session: Session?
         var tracker = AckTracker()
         var waiters: [UInt64: CheckedContinuation<Session, any Error>] = [:]
-        var readers: [CheckedContinuation<Session?, Never>] = []
+        var readers: [UInt64: CheckedContinuation<Session?, Never>] = [:]
+        var nextReader: UInt64 = 0
         var nextWaiter: UInt64 = 0
         var stopped = false
         var stopReason: MessagingError?
@@ -382,8 +383,10 @@ public final class ReconnectingClient: Service, Sendable {
     /// or the policy gives up. Then it says GOODBYE on the open connection, waits until the
     /// connection is closed, ends ``events`` and ``messages``, and returns.
     ///
-    /// - Throws: ``MessagingError`` with ``MessagingError/Code/alreadyRunning`` when called
-    ///   while running or after it ran: a client runs once.
+    /// - Throws: ``MessagingError`` with ``MessagingError/Code/gaveUp`` when the policy ran out
+    ///   of attempts (a `ServiceGroup` then ends with that reason); with
+    ///   ``MessagingError/Code/alreadyRunning`` when called while running or after it ran: a
+    ///   client runs once.
     public func run() async throws {
         try self.state.withLockedValue { state in
             guard state.phase == .idle else {
@@ -403,15 +406,21 @@ public final class ReconnectingClient: Service, Sendable {
         } onCancelOrGracefulShutdown: {
             self.shutDown()
         }
-        let waiters = self.state.withLockedValue { state in
+        // Stopped whichever way the loop ended (idempotent): nothing waits on a client that
+        // no longer runs.
+        self.stop(MessagingError(.shuttingDown, "the client is closed"))
+        let (waiters, reason) = self.state.withLockedValue { state in
             state.phase = .ended
             defer { state.runEndWaiters.removeAll() }
-            return state.runEndWaiters
+            return (state.runEndWaiters, state.stopReason)
         }
         self.eventContinuation.finish()
         self.wakeReaders(with: nil)
         for waiter in waiters {
             waiter.resume()
+        }
+        if let reason, reason.code == .gaveUp {
+            throw reason
         }
     }
 
@@ -479,16 +488,24 @@ public final class ReconnectingClient: Service, Sendable {
     /// The open session to read from next: not `previous`, which ended. Waits for a
     /// connection; `nil` once the client has stopped.
     func nextSessionForReading(after previous: Session?) async -> Session? {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Session?, Never>) in
-            let now: Session?? = self.state.withLockedValue { state in
-                if let session = state.session, session !== previous { return .some(session) }
-                if state.stopped { return .some(nil) }
-                state.readers.append(continuation)
-                return nil
+        let key = self.state.withLockedValue { state in
+            state.nextReader += 1
+            return state.nextReader
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Session?, Never>) in
+                let now: Session?? = self.state.withLockedValue { state in
+                    if let session = state.session, session !== previous { return .some(session) }
+                    if state.stopped || Task.isCancelled { return .some(nil) }
+                    state.readers[key] = continuation
+                    return nil
+                }
+                if let now {
+                    continuation.resume(returning: now)
+                }
             }
-            if let now {
-                continuation.resume(returning: now)
-            }
+        } onCancel: {
+            self.state.withLockedValue { $0.readers.removeValue(forKey: key) }?.resume(returning: nil)
         }
     }
 
@@ -497,7 +514,7 @@ public final class ReconnectingClient: Service, Sendable {
             defer { state.readers.removeAll() }
             return state.readers
         }
-        for reader in readers {
+        for reader in readers.values {
             reader.resume(returning: session)
         }
     }
@@ -631,7 +648,7 @@ public struct ReconnectingMessages: AsyncSequence, Sendable {
         var messages: InboundMessages.AsyncIterator?
 
         public mutating func next() async -> SessionMessage? {
-            while true {
+            while !Task.isCancelled {
                 if self.messages == nil {
                     guard let next = await self.client.nextSessionForReading(after: self.session) else { return nil }
                     self.session = next
@@ -640,9 +657,11 @@ public struct ReconnectingMessages: AsyncSequence, Sendable {
                 if let session = self.session, let message = try? await self.messages?.next() {
                     return SessionMessage(message: message, session: session)
                 }
-                // That session ended (cleanly or not): move on to the next one.
+                // That session ended (cleanly or not), or the reader was cancelled: move on to
+                // the next one, or end.
                 self.messages = nil
             }
+            return nil
         }
     }
 }

@@ -309,6 +309,10 @@ public final class SecureMessagingServer: Service, Sendable {
         do {
             try await self.handler(session)
             session.beginClose()
+        } catch  where Task.isCancelled {
+            // The server is being cancelled, and the handler with it: a graceful end, not the
+            // handler's failure.
+            session.beginClose(goingAway: true)
         } catch let error as MessagingError where session.currentState == .closed {
             // The connection ended under the handler (the peer vanished, or broke the protocol).
             self.logger.debug(
