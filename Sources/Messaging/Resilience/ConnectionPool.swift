@@ -341,8 +341,11 @@ public final class ConnectionPool: Service, Sendable {
     // MARK: - Acquire and release
 
     private func acquire() async throws -> SecureClient {
+        var dead: [SecureClient] = []
+        let now = try self.state.withLockedValue { try self.grantNow(&$0, dead: &dead) }
+        self.retire(dead)
         let grant: Grant
-        if let now = try self.state.withLockedValue({ try self.grantNow(&$0) }) {
+        if let now {
             grant = now
         } else {
             grant = try await self.waitForGrant()
@@ -356,8 +359,10 @@ public final class ConnectionPool: Service, Sendable {
     }
 
     /// A connection or a slot to open one in, if there is one now (counted as in use or
-    /// connecting); `nil`: the caller waits. The caller holds the lock.
-    private func grantNow(_ state: inout State) throws -> Grant? {
+    /// connecting); `nil`: the caller waits. Idle connections found dead are counted as
+    /// replaced and handed to `dead`, for ``retire(_:)`` once the lock is released. The caller
+    /// holds the lock.
+    private func grantNow(_ state: inout State, dead: inout [SecureClient]) throws -> Grant? {
         if state.shuttingDown { throw MessagingError(.shuttingDown, "the pool is shutting down") }
         // Connections open only while `run()` runs: until then, everyone waits for it.
         guard state.phase == .running else { return nil }
@@ -370,9 +375,7 @@ public final class ConnectionPool: Service, Sendable {
             }
             state.replaced += 1
             self.replacedCounter.increment()
-            // Closed or closing already: this finishes what is left of its close (it only
-            // schedules work on the connection's event loop).
-            client.session.beginClose()
+            dead.append(client)
         }
         if state.inUse + state.connecting < self.configuration.maximumConnections {
             state.connecting += 1
@@ -399,7 +402,16 @@ public final class ConnectionPool: Service, Sendable {
         }
     }
 
-    /// Waits for a connection or a slot, up to the acquire timeout.
+    /// Finishes the close of connections found dead (closed or closing already), and opens
+    /// others in their place where the pool is below its minimum.
+    private func retire(_ dead: [SecureClient]) {
+        guard !dead.isEmpty else { return }
+        for client in dead {
+            client.session.beginClose()
+        }
+        self.requestOpens(self.state.withLockedValue { self.missingForMinimum(&$0) })
+    }
+
     /// A wait of one caller for a grant. Touched only under the pool's lock.
     private final class Ticket: @unchecked Sendable {
         /// Set once the caller is registered among the waiters.
@@ -424,11 +436,12 @@ public final class ConnectionPool: Service, Sendable {
             defer { group.cancelAll() }
             return try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Grant, any Error>) in
+                    var dead: [SecureClient] = []
                     let now: Result<Grant, any Error>? = self.state.withLockedValue { state in
                         if ticket.expired { return .failure(self.timeoutError(timeout, state: state)) }
                         if Task.isCancelled { return .failure(CancellationError()) }
                         do {
-                            if let grant = try self.grantNow(&state) { return .success(grant) }
+                            if let grant = try self.grantNow(&state, dead: &dead) { return .success(grant) }
                         } catch {
                             return .failure(error)
                         }
@@ -436,12 +449,12 @@ public final class ConnectionPool: Service, Sendable {
                         ticket.key = state.nextWaiter
                         state.waiters[state.nextWaiter] = continuation
                         state.waiterOrder.append(state.nextWaiter)
+                        self.gaugeWaiters.increment()
                         return nil
                     }
+                    self.retire(dead)
                     if let now {
                         continuation.resume(with: now)
-                    } else {
-                        self.gaugeWaiters.increment()
                     }
                 }
             } onCancel: {

@@ -312,6 +312,10 @@ public final class SecureMessagingServer: Service, Sendable {
         } catch  where Task.isCancelled {
             // The server is being cancelled, and the handler with it: a graceful end, not the
             // handler's failure.
+            self.logger.debug(
+                "session handler ended by the server's cancellation",
+                metadata: ["session_id": "\(session.sessionID ?? "")", "error": "\(error)"]
+            )
             session.beginClose(goingAway: true)
         } catch let error as MessagingError where session.currentState == .closed {
             // The connection ended under the handler (the peer vanished, or broke the protocol).
