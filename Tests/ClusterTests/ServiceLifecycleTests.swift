@@ -8,8 +8,15 @@ import Testing
 
 /// Leader and Collaborator as services: nothing starts before `run()`, and `run()` returns
 /// promptly, after GOODBYE, on cancellation and on graceful shutdown.
-@Suite("Leader and collaborators in a ServiceGroup")
+///
+/// "Promptly" is checked against `prompt`, 20 s: the whole test process has been seen to stall
+/// for 5 to 6 s at a time on two shared cores, while what these tests catch (a `run()` that
+/// ignores cancellation or waits out a timeout) takes 60 s or never ends; the time limit turns a
+/// `run()` that never returns into a failure instead of a hang.
+@Suite("Leader and collaborators in a ServiceGroup", .timeLimit(.minutes(2)))
 struct ServiceLifecycleTests {
+    static let prompt = Duration.seconds(20)
+
     /// A collaborator of the harness's settings that nobody runs yet.
     static func collaborator(_ name: String, port: Int) async throws -> Collaborator {
         var configuration = CollaboratorConfiguration(nodeID: name)
@@ -57,7 +64,7 @@ struct ServiceLifecycleTests {
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
                 // Well under any heartbeat timeout (3 × 200 ms) or reconnect: GOODBYE ended it.
-                #expect(ContinuousClock.now - stopping < .seconds(5))
+                #expect(ContinuousClock.now - stopping < Self.prompt)
             }
             await eventually("left gracefully") { log.left("collab-1") == .graceful }
             #expect(leader.collaborator("collab-1")?.state == .gone)
@@ -79,18 +86,18 @@ struct ServiceLifecycleTests {
             }
             // A handler in progress does not hold the shutdown up.
             let pending = Task {
-                try await leader.request(to: "collab-1", topic: "slow", body: ByteBuffer(), timeout: .seconds(30))
+                try await leader.request(to: "collab-1", topic: "slow", body: ByteBuffer(), timeout: .seconds(90))
             }
             try await Task.sleep(for: .milliseconds(100))
             let stopping = ContinuousClock.now
             running.cancel()
             try await running.value
-            #expect(ContinuousClock.now - stopping < .seconds(5), "run() must return promptly when cancelled")
+            #expect(ContinuousClock.now - stopping < Self.prompt, "run() must return promptly when cancelled")
             await eventually("left gracefully") { log.left("collab-1") == .graceful }
             // The leader's request ended with the session (answered UNAVAILABLE, or cut short by
-            // the close): it does not wait out its 30 s.
+            // the close): it does not wait out its 90 s.
             await #expect(throws: (any Error).self) { try await pending.value }
-            #expect(ContinuousClock.now - stopping < .seconds(10))
+            #expect(ContinuousClock.now - stopping < Self.prompt)
             // Stays stopped: no reconnect after a cancellation.
             try await Task.sleep(for: .milliseconds(300))
             #expect(leader.sessionCount == 0)
@@ -121,7 +128,7 @@ struct ServiceLifecycleTests {
             let stopping = ContinuousClock.now
             running.cancel()
             try await running.value
-            #expect(ContinuousClock.now - stopping < .seconds(5), "the leader's run() must return promptly")
+            #expect(ContinuousClock.now - stopping < Self.prompt, "the leader's run() must return promptly")
             await session.waitUntilClosed()
             #expect(session.closeReason == nil, "closed by the leader's GOODBYE, not an error")
             #expect(leader.sessionCount == 0)
