@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "SecureTransport", targets: ["SecureTransport"]),
         .library(name: "Messaging", targets: ["Messaging"]),
         .library(name: "Cluster", targets: ["Cluster"]),
+        .library(name: "EtcdElection", targets: ["EtcdElection"]),
         .executable(name: "securemsg", targets: ["securemsg"]),
     ],
     dependencies: [
@@ -64,12 +65,25 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
+        .target(
+            name: "EtcdElection",
+            dependencies: [
+                "Cluster",
+                "Messaging",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "securemsg",
             dependencies: [
                 "SecureTransport",
                 "Messaging",
                 "Cluster",
+                "EtcdElection",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -137,6 +151,7 @@ let package = Package(
             name: "ClusterTests",
             dependencies: [
                 "Cluster",
+                "EtcdElection",
                 "Messaging",
                 "SecureTransport",
                 "SMSGTestSupport",

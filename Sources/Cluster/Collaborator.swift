@@ -46,12 +46,15 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     private let statusChangeContinuation: AsyncStream<Void>.Continuation
     private let started = NIOLockedValueBox(false)
     private let tracing: MessageTracing
+    /// With an election: who leads, and the highest term seen.
+    private let follower: LeaderFollower?
+    private let logger: Logger
 
     /// Connection changes (connected, disconnected, reconnecting, gave up).
     public var events: AsyncStream<ConnectionEvent> { self.client.events }
 
     /// Makes a collaborator; it connects to the leader once ``run()`` runs.
-    public init(
+    public convenience init(
         leaderHost: String,
         leaderPort: Int,
         transport: any MessagingTransport,
@@ -62,6 +65,66 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json
     ) {
+        let target = ReconnectingClient.Target(host: leaderHost, port: leaderPort, serverHostname: serverHostname)
+        self.init(
+            target: { target },
+            follower: nil,
+            transport: transport,
+            configuration: configuration,
+            group: group,
+            logger: logger,
+            tracer: tracer,
+            coder: coder
+        )
+    }
+
+    /// Makes a collaborator that follows the leader `election` elects: it connects to the
+    /// elected leader once ``run()`` runs, moves to a new one as soon as the election says so,
+    /// and never joins a leader whose HELLO announces a term lower than the highest it has seen
+    /// (nor a server that announces none). Acknowledged sends not yet acknowledged go again to
+    /// the new leader.
+    ///
+    /// - Parameter serverHostname: the name every leader's certificate must carry; `nil`: the
+    ///   host of the elected leader's address.
+    public convenience init(
+        election: any LeaderElection,
+        transport: any MessagingTransport,
+        serverHostname: String? = nil,
+        configuration: CollaboratorConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() }),
+        tracer: (any Tracer)? = nil,
+        coder: MessageCoder = .json
+    ) {
+        let follower = LeaderFollower(election: election)
+        self.init(
+            target: {
+                let leader = try await follower.leaderToJoin()
+                let (host, port) = try leader.hostAndPort()
+                return ReconnectingClient.Target(host: host, port: port, serverHostname: serverHostname)
+            },
+            follower: follower,
+            transport: transport,
+            configuration: configuration,
+            group: group,
+            logger: logger,
+            tracer: tracer,
+            coder: coder
+        )
+    }
+
+    private init(
+        target: @escaping @Sendable () async throws -> ReconnectingClient.Target,
+        follower: LeaderFollower?,
+        transport: any MessagingTransport,
+        configuration: CollaboratorConfiguration,
+        group: any EventLoopGroup,
+        logger: Logger,
+        tracer: (any Tracer)?,
+        coder: MessageCoder
+    ) {
+        self.follower = follower
+        self.logger = logger
         self.configuration = configuration
         self.coder = coder
         self.tracing = MessageTracing(configured: tracer)
@@ -82,11 +145,14 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             client.metadata["status"] = initial
         }
         client.session = configuration.session
+        var admit: (@Sendable (Session) -> String?)?
+        if let follower {
+            admit = { session in follower.admit(session) }
+        }
         self.client = ReconnectingClient(
-            host: leaderHost,
-            port: leaderPort,
+            target: target,
+            admit: admit,
             transport: transport,
-            serverHostname: serverHostname,
             configuration: client,
             policy: configuration.reconnect,
             group: group,
@@ -232,9 +298,37 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             // client does.
             group.addTask { _ = await self.router.serve(self.client.messages) }
             group.addTask { await self.announceStatusChanges() }
+            if let follower = self.follower {
+                group.addTask { await self.follow(follower) }
+            }
             defer { group.cancelAll() }
             // Returns after GOODBYE, when cancelled, shut down or left.
             try await self.client.run()
+        }
+    }
+
+    /// The highest leader term seen (with an election): in a leader's HELLO or from the
+    /// election.
+    public var highestTermSeen: UInt64? { self.follower?.highestTerm }
+
+    /// Follows the election until cancelled: each new leader is the one to join, at once.
+    private func follow(_ follower: LeaderFollower) async {
+        while !Task.isCancelled {
+            do {
+                for try await leader in follower.election.leaders() {
+                    guard follower.learn(leader) else { continue }
+                    self.logger.info("the election has a new leader", metadata: ["leader": "\(leader)"])
+                    if let session = self.client.currentSession, LeaderFollower.term(of: session) == leader.term {
+                        continue
+                    }
+                    self.client.moveOn(reason: "moving to the leader of term \(leader.term)")
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                self.logger.warning("cannot follow the election", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(1))
         }
     }
 
@@ -242,5 +336,85 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// has returned.
     public func leave() async {
         await self.client.close()
+    }
+}
+
+/// What a collaborator knows of its election: the leader to join and the highest term seen.
+final class LeaderFollower: Sendable {
+    let election: any LeaderElection
+
+    private struct State {
+        var leader: ElectedLeader?
+        var highestTerm: UInt64?
+        var waiters: [UInt64: CheckedContinuation<ElectedLeader, any Error>] = [:]
+        var nextWaiter: UInt64 = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init(election: any LeaderElection) {
+        self.election = election
+    }
+
+    var highestTerm: UInt64? { self.state.withLockedValue { $0.highestTerm } }
+
+    static func term(of session: Session) -> UInt64? {
+        session.peer?.metadata["term"].flatMap { UInt64($0) }
+    }
+
+    /// Takes `leader` as the one to join, unless its term is lower than one already seen or
+    /// it is the one known; returns whether it was taken.
+    func learn(_ leader: ElectedLeader) -> Bool {
+        let waiters: [CheckedContinuation<ElectedLeader, any Error>]? = self.state.withLockedValue { state in
+            if let highest = state.highestTerm, leader.term < highest { return nil }
+            if state.leader == leader { return nil }
+            state.leader = leader
+            state.highestTerm = max(state.highestTerm ?? 0, leader.term)
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        guard let waiters else { return false }
+        for waiter in waiters {
+            waiter.resume(returning: leader)
+        }
+        return true
+    }
+
+    /// The leader to join: the newest one known, once there is one.
+    func leaderToJoin() async throws -> ElectedLeader {
+        let key = self.state.withLockedValue { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let known: Result<ElectedLeader, any Error>? = self.state.withLockedValue { state in
+                    if let leader = state.leader { return .success(leader) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiters[key] = continuation
+                    return nil
+                }
+                if let known {
+                    continuation.resume(with: known)
+                }
+            }
+        } onCancel: {
+            self.state.withLockedValue { $0.waiters.removeValue(forKey: key) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Whether to join the server of `session`: a reason to refuse it, or `nil`. A leader
+    /// announces its term in HELLO; the highest seen rises with it.
+    func admit(_ session: Session) -> String? {
+        guard let term = Self.term(of: session) else {
+            return "the server announced no leader term"
+        }
+        return self.state.withLockedValue { state in
+            if let highest = state.highestTerm, term < highest {
+                return "the leader's term \(term) is lower than term \(highest), already seen"
+            }
+            state.highestTerm = max(state.highestTerm ?? 0, term)
+            return nil
+        }
     }
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 public import Logging
 public import Messaging
 import NIOConcurrencyHelpers
@@ -18,6 +19,12 @@ public struct LeaderConfiguration: Sendable, Hashable {
     public var goneRetention: Duration = .seconds(60)
     /// The most REQUESTs of one collaborator in handlers at once; beyond, RESOURCE_EXHAUSTED.
     public var maximumConcurrentRequests = 64
+    /// With an election: the address collaborators are told to connect to (`host:port`);
+    /// `nil`: the address the leader listens on.
+    public var advertisedAddress: String?
+    /// With an election: how long a leader that stepped down, or whose campaign failed, waits
+    /// before it campaigns again.
+    public var campaignRetryDelay: Duration = .seconds(1)
 
     public init(host: String = "127.0.0.1", port: Int = 0) {
         self.server = ServerConfiguration(host: host, port: port)
@@ -32,6 +39,15 @@ public struct LeaderConfiguration: Sendable, Hashable {
 /// gone — reports membership changes on ``events``, runs handlers by topic, and reaches one
 /// collaborator or all of them.
 ///
+/// With a ``LeaderElection`` the leader is one of several candidates: it serves only while it
+/// holds the leadership. Standby, it refuses every connection with ERROR GOING_AWAY "not the
+/// active leader" (it listens, so collaborators that come too early get a clear answer).
+/// Elected, it serves with the election's term, announced in its HELLO metadata (`term`), and
+/// keeps its lease alive; when the lease is lost, or not confirmed before
+/// ``Leadership/validUntil`` on its own clock, it steps down at once — ERROR GOING_AWAY to
+/// every session, refusing new ones, and no message handled after that instant — and campaigns
+/// again. ``leadershipEvents`` tells each change.
+///
 /// One collaborator per node_id: a second connection with a node_id already connected
 /// replaces the first (which gets ERROR GOING_AWAY). A broadcast never waits on one slow or
 /// failing collaborator.
@@ -39,6 +55,10 @@ public final class Leader: Service, MessageRouting, Sendable {
     public let configuration: LeaderConfiguration
     /// Membership changes, in order.
     public let events: AsyncStream<MembershipEvent>
+    /// With an election: standby, elected and stepped-down, in order.
+    public let leadershipEvents: AsyncStream<LeadershipEvent>
+    /// The election the leader campaigns in, if any.
+    public let election: (any LeaderElection)?
 
     private let server: SecureMessagingServer
     private let state = NIOLockedValueBox(State())
@@ -47,6 +67,9 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// The coder of typed messages (JSON unless given another).
     public let coder: MessageCoder
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
+    private let leadershipContinuation: AsyncStream<LeadershipEvent>.Continuation
+    private let activeGauge = Gauge(label: "smsg_leader_active")
+    private let termGauge = Gauge(label: "smsg_leader_term")
     private let logger: Logger
     private let tracing: MessageTracing
 
@@ -54,6 +77,8 @@ public final class Leader: Service, MessageRouting, Sendable {
         var records: [String: CollaboratorRecord] = [:]
         var sessions: [String: Session] = [:]
         var goneSince: [String: ContinuousClock.Instant] = [:]
+        /// The leadership held now (with an election).
+        var leadership: Leadership?
     }
 
     public init(
@@ -63,9 +88,11 @@ public final class Leader: Service, MessageRouting, Sendable {
         logger: Logger,
         metrics: MessagingMetrics = MessagingMetrics(),
         tracer: (any Tracer)? = nil,
-        coder: MessageCoder = .json
+        coder: MessageCoder = .json,
+        election: (any LeaderElection)? = nil
     ) {
         self.configuration = configuration
+        self.election = election
         self.coder = coder
         self.logger = logger
         self.tracing = MessageTracing(configured: tracer)
@@ -75,6 +102,9 @@ public final class Leader: Service, MessageRouting, Sendable {
             tracer: tracer
         )
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        (self.leadershipEvents, self.leadershipContinuation) = AsyncStream.makeStream(
+            bufferingPolicy: .bufferingNewest(1_000)
+        )
         // The handler refers to the leader, which is not built yet: route through a box.
         let box = NIOLockedValueBox<Leader?>(nil)
         self.server = SecureMessagingServer(
@@ -200,13 +230,22 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// they are all gone, and ends ``events``.
     public func run() async throws {
         let interval = Self.sweepMilliseconds(self.configuration)
-        defer { self.eventContinuation.finish() }
+        defer {
+            self.eventContinuation.finish()
+            self.leadershipContinuation.finish()
+        }
+        if self.election != nil {
+            self.server.setAdmission(metadata: nil, refusal: Self.standbyRefusal)
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while true {
                     try await Task.sleep(for: .milliseconds(interval))
                     self.refresh()
                 }
+            }
+            if let election = self.election {
+                group.addTask { await self.lead(in: election) }
             }
             defer { group.cancelAll() }
             try await self.server.run()
@@ -234,6 +273,10 @@ public final class Leader: Service, MessageRouting, Sendable {
 
     private func serve(_ session: Session) async throws {
         guard let hello = session.peer else { return }
+        guard self.isServing(at: .now) else {
+            session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
+            return
+        }
         let nodeID = hello.nodeID
         if let allowed = self.configuration.allowList, !allowed.contains(nodeID) {
             self.logger.notice("refused a node not on the allow-list", metadata: ["node_id": "\(nodeID)"])
@@ -276,7 +319,17 @@ public final class Leader: Service, MessageRouting, Sendable {
         var reason = LeaveReason.graceful
         // Handlers' failures are answered and logged by the router: only the end of the
         // connection ends this.
-        let ended = await self.router.serve(session.messages.map { SessionMessage(message: $0, session: session) })
+        let ended = await self.router.serve(
+            session.messages.compactMap { message -> SessionMessage? in
+                // Past the leadership's end, on this process's clock, nothing more is handled
+                // (a leader that was frozen may run again before it has stepped down).
+                guard self.isServing(at: .now) else {
+                    session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
+                    return nil
+                }
+                return SessionMessage(message: message, session: session)
+            }
+        )
         if let error = ended as? MessagingError {
             reason = error.errorCode == .timeout ? .timeout : .connectionLost(error.reason)
         } else if ended is CancellationError {
@@ -337,5 +390,163 @@ public final class Leader: Service, MessageRouting, Sendable {
         for event in events {
             self.eventContinuation.yield(event)
         }
+    }
+}
+
+/// A change of a ``Leader``'s place in its election.
+public enum LeadershipEvent: Sendable, Hashable {
+    /// Not the leader: campaigning, refusing collaborators.
+    case standby
+    /// Elected: serving collaborators with this term.
+    case elected(term: UInt64)
+    /// The leadership of this term ended: the lease was lost or not confirmed in time.
+    case steppedDown(term: UInt64, reason: String)
+}
+
+// MARK: - Election
+
+extension Leader {
+    static let standbyRefusal = ProtocolViolation(.goingAway, "not the active leader")
+
+    /// The leadership held now; `nil` while standby (always `nil` without an election).
+    public var leadership: Leadership? {
+        self.state.withLockedValue { $0.leadership }
+    }
+
+    /// Whether the leader serves collaborators at `now`: always without an election; with one,
+    /// while it holds a leadership whose lease cannot have expired.
+    func isServing(at now: ContinuousClock.Instant) -> Bool {
+        guard self.election != nil else { return true }
+        return self.state.withLockedValue { state in
+            guard let leadership = state.leadership else { return false }
+            return now < leadership.validUntil
+        }
+    }
+
+    /// Campaigns, serves each won term until it ends, and campaigns again, until cancelled;
+    /// a leadership held when cancelled is given up (after the leader stopped serving).
+    func lead(in election: any LeaderElection) async {
+        while !Task.isCancelled {
+            self.leadershipContinuation.yield(.standby)
+            self.logger.info("standby: campaigning")
+            let leadership: Leadership
+            do {
+                let address = try await self.advertisedAddress()
+                leadership = try await election.campaign(address: address)
+            } catch is CancellationError {
+                return
+            } catch {
+                self.logger.warning("campaign failed", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: self.configuration.campaignRetryDelay)
+                continue
+            }
+            self.activate(leadership)
+            let reason = await self.holdLeadership(leadership, in: election)
+            // Shutting down, the server says GOODBYE to everyone itself.
+            self.stepDown(leadership, reason: reason ?? "the leader is shutting down", failSessions: reason != nil)
+            await election.resign(leadership)
+            if reason == nil || Task.isCancelled { return }
+            try? await Task.sleep(for: self.configuration.campaignRetryDelay)
+        }
+    }
+
+    private func advertisedAddress() async throws -> String {
+        if let configured = self.configuration.advertisedAddress {
+            return configured
+        }
+        let address = try await self.server.listeningAddress()
+        guard let host = address.ipAddress, let port = address.port else {
+            throw LeaderElectionError("the leader listens on \(address), which has no host and port to advertise")
+        }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// Serves `leadership` until it ends; returns why (`nil`: cancelled).
+    private func holdLeadership(_ leadership: Leadership, in election: any LeaderElection) async -> String? {
+        await withTaskGroup(of: String?.self) { group in
+            group.addTask {
+                do {
+                    try await election.hold(leadership) { until in
+                        self.confirm(term: leadership.term, until: until)
+                    }
+                    return nil
+                } catch is CancellationError {
+                    return nil
+                } catch {
+                    return "\(error)"
+                }
+            }
+            group.addTask {
+                // A newer leader means this one's key is gone (its lease revoked or expired):
+                // the election may say so before a renewal does.
+                do {
+                    for try await elected in election.leaders() where elected.term > leadership.term {
+                        return "a newer leader was elected (\(elected))"
+                    }
+                } catch {
+                    // Following failed: the renewals and the clock still decide.
+                }
+                try? await Task.sleep(for: .seconds(365 * 24 * 3600))
+                return nil
+            }
+            group.addTask {
+                // The leader's own clock: steps down when the lease was not confirmed in time,
+                // whatever the election says (or cannot say).
+                while true {
+                    guard let until = self.state.withLockedValue({ $0.leadership?.validUntil }) else { return nil }
+                    let now = ContinuousClock.now
+                    if now >= until {
+                        return "the lease was not confirmed in time"
+                    }
+                    do {
+                        try await Task.sleep(until: until, clock: .continuous)
+                    } catch {
+                        return nil
+                    }
+                }
+            }
+            let reason = await group.next() ?? nil
+            group.cancelAll()
+            return Task.isCancelled ? nil : reason
+        }
+    }
+
+    private func activate(_ leadership: Leadership) {
+        self.state.withLockedValue { $0.leadership = leadership }
+        var metadata = self.configuration.server.metadata
+        metadata["term"] = "\(leadership.term)"
+        self.server.setAdmission(metadata: metadata, refusal: nil)
+        self.activeGauge.record(1)
+        self.termGauge.record(Int64(clamping: leadership.term))
+        self.logger.notice(
+            "elected",
+            metadata: ["term": "\(leadership.term)", "address": "\(leadership.address)"]
+        )
+        self.leadershipContinuation.yield(.elected(term: leadership.term))
+    }
+
+    private func confirm(term: UInt64, until: ContinuousClock.Instant) {
+        self.state.withLockedValue { state in
+            guard state.leadership?.term == term, let current = state.leadership?.validUntil, until > current else {
+                return
+            }
+            state.leadership?.validUntil = until
+        }
+    }
+
+    /// Stops serving: refuses new sessions and, with `failSessions`, sends ERROR GOING_AWAY on
+    /// every open one.
+    private func stepDown(_ leadership: Leadership, reason: String, failSessions: Bool) {
+        self.server.setAdmission(metadata: nil, refusal: Self.standbyRefusal)
+        let sessions = self.state.withLockedValue { state in
+            state.leadership = nil
+            return Array(state.sessions.values)
+        }
+        self.activeGauge.record(0)
+        for session in sessions where failSessions {
+            session.fail(code: .goingAway, reason: "the leader stepped down")
+        }
+        self.logger.warning("stepped down", metadata: ["term": "\(leadership.term)", "reason": "\(reason)"])
+        self.leadershipContinuation.yield(.steppedDown(term: leadership.term, reason: reason))
     }
 }

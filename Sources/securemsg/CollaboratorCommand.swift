@@ -1,5 +1,6 @@
 import ArgumentParser
 import Cluster
+import EtcdElection
 import Logging
 import Messaging
 import NIOCore
@@ -20,7 +21,9 @@ struct CollaboratorCommand: AsyncParsableCommand {
         abstract: "Join a leader over mutual TLS and stay connected (reconnecting with backoff).",
         discussion: """
             Answers the leader's "ping" requests and prints what the leader broadcasts. \
-            SIGINT or SIGTERM leaves gracefully (GOODBYE).
+            SIGINT or SIGTERM leaves gracefully (GOODBYE). With --etcd and --election instead of \
+            --leader it follows the elected leader, moves to each new one, and refuses a leader whose \
+            term is lower than one it has seen.
             """
     )
 
@@ -33,7 +36,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Flag(help: "Print the effective settings as JSON (usable as a config file) and exit.")
     var printConfig = false
 
-    @Option(help: "The leader's address, HOST:PORT.")
+    @Option(help: "The leader's address, HOST:PORT (or --etcd and --election).")
     var leader: String?
 
     @Option(help: "This node's id; it must be the identity in its certificate.")
@@ -54,23 +57,37 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Option(help: "Application status reported to the leader.")
     var status: String?
 
+    @OptionGroup(title: "Election (instead of --leader)")
+    var electionOptions: ElectionOptions
+
     /// The settings from flags, environment and config file, checked.
     struct Settings {
-        static let keys = ["leader", "id", "cert", "key", "ca", "server_name", "status"]
+        static let keys = ["leader", "id", "cert", "key", "ca", "server_name", "status"] + ElectionOptions.keys
 
-        var leader: HostPort
+        var leader: HostPort?
         var id: String
         var cert: String
         var key: String
         var ca: String
         var serverName: String?
         var status: String?
+        var election: EtcdElectionConfiguration?
         var effective = EffectiveSettings()
     }
 
     func settings() throws -> Settings {
         let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
-        let leader = try source.requiredParsed("leader", flag: self.leader) { try HostPort($0) }
+        var effective = EffectiveSettings()
+        let election = try self.electionOptions.configuration(from: source, effective: &effective)
+        let leader = try source.parsed("leader", flag: self.leader) { try HostPort($0) }
+        if election == nil, leader == nil {
+            throw ValidationError(
+                "leader is required: give --leader, SMSG_LEADER or \"leader\" in a config file (or --etcd and --election)"
+            )
+        }
+        if election != nil, leader != nil {
+            throw ValidationError("give either the leader's address or an election (--etcd), not both")
+        }
         let id = try source.requiredParsed("id", flag: self.id) { id in
             guard Hello.isValidNodeID(id) else {
                 throw ValidationError("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -, got \"\(id)\"")
@@ -84,9 +101,11 @@ struct CollaboratorCommand: AsyncParsableCommand {
             key: try source.requiredString("key", flag: self.key),
             ca: try source.requiredString("ca", flag: self.ca),
             serverName: try source.string("server_name", flag: self.serverName)?.0,
-            status: try source.string("status", flag: self.status)?.0
+            status: try source.string("status", flag: self.status)?.0,
+            election: election,
+            effective: effective
         )
-        settings.effective.set("leader", "\(settings.leader)")
+        settings.effective.set("leader", settings.leader.map { "\($0)" })
         settings.effective.set("id", settings.id)
         settings.effective.set("cert", settings.cert)
         settings.effective.set("key", settings.key)
@@ -102,7 +121,6 @@ struct CollaboratorCommand: AsyncParsableCommand {
             print(settings.effective.json)
             return
         }
-        let address = settings.leader
         var logger = Logger(label: "securemsg.collaborator")
         logger.logLevel = .warning
         var tls = TLSConfiguration.makeClientConfiguration(
@@ -117,14 +135,28 @@ struct CollaboratorCommand: AsyncParsableCommand {
         } catch let error as TLSError {
             throw ValidationError("TLS configuration refused: \(error.reason)")
         }
-        let collaborator = Collaborator(
-            leaderHost: address.host,
-            leaderPort: address.port,
-            transport: transport,
-            serverHostname: settings.serverName ?? (address.host == "127.0.0.1" ? "localhost" : address.host),
-            configuration: CollaboratorConfiguration(nodeID: settings.id, status: settings.status),
-            logger: logger
-        )
+        let configuration = CollaboratorConfiguration(nodeID: settings.id, status: settings.status)
+        let collaborator: Collaborator
+        if let address = settings.leader {
+            collaborator = Collaborator(
+                leaderHost: address.host,
+                leaderPort: address.port,
+                transport: transport,
+                serverHostname: settings.serverName ?? (address.host == "127.0.0.1" ? "localhost" : address.host),
+                configuration: configuration,
+                logger: logger
+            )
+        } else if let election = settings.election {
+            collaborator = Collaborator(
+                election: try ElectionOptions.makeElection(election, logger: logger),
+                transport: transport,
+                serverHostname: settings.serverName,
+                configuration: configuration,
+                logger: logger
+            )
+        } else {
+            throw ValidationError("leader is required")
+        }
         let id = settings.id
         collaborator.onRequest(topic: "ping") { _, _ in ByteBuffer(string: "pong from \(id)") }
         collaborator.on(topic: "broadcast") { message, _ in

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Cluster
+import EtcdElection
 import Foundation
 import Logging
 import Messaging
@@ -26,6 +27,11 @@ struct LeaderCommand: AsyncParsableCommand {
             SIGTERM says GOODBYE to every collaborator and exits. SIGHUP reads the certificate, key, CA \
             and CRL again for new connections (open sessions carry on). SSLKEYLOGFILE=FILE appends TLS \
             secrets to FILE for Wireshark: debugging only.
+
+            With --etcd and --election the leader is one of several candidates: it prints "standby" \
+            while another leads (refusing collaborators with ERROR GOING_AWAY), "elected term=N" when \
+            it serves, and "stepped down term=N: REASON" when its lease is lost or not confirmed in \
+            time; then it campaigns again.
             """
     )
 
@@ -59,9 +65,17 @@ struct LeaderCommand: AsyncParsableCommand {
     @Option(help: "Certificate revocation lists (PEM) checked against collaborator certificates.")
     var crl: String?
 
+    @Option(help: "With an election: the address collaborators connect to, HOST:PORT (default: where it listens).")
+    var advertise: String?
+
+    @OptionGroup(title: "Election")
+    var electionOptions: ElectionOptions
+
     /// The settings from flags, environment and config file, checked.
     struct Settings {
-        static let keys = ["listen", "cert", "key", "ca", "require_client_cert", "metrics", "crl"]
+        static let keys =
+            ["listen", "cert", "key", "ca", "require_client_cert", "metrics", "crl", "advertise"]
+            + ElectionOptions.keys
 
         var listen: HostPort
         var cert: String
@@ -70,6 +84,8 @@ struct LeaderCommand: AsyncParsableCommand {
         var requireClientCert: Bool
         var metrics: HostPort?
         var crl: String?
+        var advertise: HostPort?
+        var election: EtcdElectionConfiguration?
         var effective = EffectiveSettings()
     }
 
@@ -82,7 +98,8 @@ struct LeaderCommand: AsyncParsableCommand {
             ca: try source.requiredString("ca", flag: self.ca),
             requireClientCert: try source.bool("require_client_cert", flag: self.requireClientCert),
             metrics: try source.parsed("metrics", flag: self.metrics) { try HostPort($0) },
-            crl: try source.string("crl", flag: self.crl)?.0
+            crl: try source.string("crl", flag: self.crl)?.0,
+            advertise: try source.parsed("advertise", flag: self.advertise) { try HostPort($0) }
         )
         settings.effective.set("listen", "\(settings.listen)")
         settings.effective.set("cert", settings.cert)
@@ -91,6 +108,11 @@ struct LeaderCommand: AsyncParsableCommand {
         settings.effective.set("require_client_cert", settings.requireClientCert)
         settings.effective.set("metrics", settings.metrics.map { "\($0)" })
         settings.effective.set("crl", settings.crl)
+        settings.election = try self.electionOptions.configuration(from: source, effective: &settings.effective)
+        if settings.advertise != nil, settings.election == nil {
+            throw ValidationError("advertise is for an election: give the etcd endpoints too (--etcd)")
+        }
+        settings.effective.set("advertise", settings.advertise.map { "\($0)" })
         return settings
     }
 
@@ -119,6 +141,8 @@ struct LeaderCommand: AsyncParsableCommand {
         }
         var configuration = LeaderConfiguration(host: address.host, port: address.port)
         configuration.server.requireCertificateIdentity = true
+        configuration.advertisedAddress = settings.advertise.map { "\($0)" }
+        let election = try settings.election.map { try ElectionOptions.makeElection($0, logger: logger) }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var leaderMetrics = MessagingMetrics()
         if let metricsAddress = settings.metrics {
@@ -134,7 +158,13 @@ struct LeaderCommand: AsyncParsableCommand {
                 )
             )
         }
-        let leader = Leader(configuration: configuration, transport: transport, logger: logger, metrics: leaderMetrics)
+        let leader = Leader(
+            configuration: configuration,
+            transport: transport,
+            logger: logger,
+            metrics: leaderMetrics,
+            election: election
+        )
         services.insert(.init(service: leader), at: 0)
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -157,6 +187,14 @@ struct LeaderCommand: AsyncParsableCommand {
                 }
             }
             tasks.addTask {
+                for await event in leader.leadershipEvents {
+                    print(Self.describe(event))
+                    fflush(nil)
+                }
+                // Ended with the leader: wait for the others.
+                try await Task.sleep(for: .seconds(1_000_000_000))
+            }
+            tasks.addTask {
                 let bound = try await leader.listeningAddress()
                 print("listening on \(address.host):\(bound.port ?? address.port)")
                 fflush(nil)
@@ -175,6 +213,16 @@ struct LeaderCommand: AsyncParsableCommand {
             }
             try await tasks.next()
             tasks.cancelAll()
+        }
+    }
+}
+
+extension LeaderCommand {
+    static func describe(_ event: LeadershipEvent) -> String {
+        switch event {
+        case .standby: "standby"
+        case .elected(let term): "elected term=\(term)"
+        case .steppedDown(let term, let reason): "stepped down term=\(term): \(reason)"
         }
     }
 }

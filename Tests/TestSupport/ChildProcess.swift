@@ -42,6 +42,8 @@ public final class ChildProcess: Sendable {
 
     public var isRunning: Bool { self.process.isRunning }
 
+    public var processIdentifier: Int32 { self.process.processIdentifier }
+
     public var exitCode: Int32 { self.process.terminationStatus }
 
     public func write(_ text: String) {

@@ -44,10 +44,23 @@ public enum DisconnectedSendPolicy: Sendable, Hashable {
 /// made before `run()` starts wait for the connection like any other (see
 /// ``DisconnectedSendPolicy``).
 public final class ReconnectingClient: Service, Sendable {
-    private let host: String
-    private let port: Int
+    /// Where to connect next, asked before each attempt.
+    package struct Target: Sendable, Hashable {
+        package var host: String
+        package var port: Int
+        /// The name the server's certificate must carry; `nil`: `host`.
+        package var serverHostname: String?
+
+        package init(host: String, port: Int, serverHostname: String?) {
+            self.host = host
+            self.port = port
+            self.serverHostname = serverHostname
+        }
+    }
+
+    private let target: @Sendable () async throws -> Target
+    private let admit: (@Sendable (Session) -> String?)?
     private let transport: any MessagingTransport
-    private let serverHostname: String?
     private let configuration: ClientConfiguration
     private let policy: ReconnectPolicy
     private let disconnectedSends: DisconnectedSendPolicy
@@ -90,6 +103,10 @@ public final class ReconnectingClient: Service, Sendable {
         var runEndWaiters: [CheckedContinuation<Void, Never>] = []
         /// `run()`'s watch for the client's stopping.
         var stopWaiter: CheckedContinuation<Void, Never>?
+        /// A backoff wait to cut short (``moveOn(reason:)``), or a call to move on that came
+        /// while none was waiting.
+        var nudgeWaiter: CheckedContinuation<Void, Never>?
+        var nudged = false
     }
 
     private enum RunPhase {
@@ -113,7 +130,7 @@ public final class ReconnectingClient: Service, Sendable {
     ///   - logger: where connection changes are logged.
     ///   - onConnected: called with each new session as soon as it is open, before anything is
     ///     sent on it.
-    public init(
+    public convenience init(
         host: String,
         port: Int,
         transport: any MessagingTransport,
@@ -126,11 +143,40 @@ public final class ReconnectingClient: Service, Sendable {
         logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
         onConnected: (@Sendable (Session) -> Void)? = nil
     ) {
+        let target = Target(host: host, port: port, serverHostname: serverHostname)
+        self.init(
+            target: { target },
+            admit: nil,
+            transport: transport,
+            configuration: configuration,
+            policy: policy,
+            disconnectedSends: disconnectedSends,
+            clock: clock,
+            group: group,
+            logger: logger,
+            onConnected: onConnected
+        )
+    }
+
+    /// Makes a client whose server can change: `target` is asked before each attempt (it may
+    /// wait until a server is known), and `admit` sees each new session first — a reason it
+    /// returns refuses that session (it is closed and counts as a failed attempt).
+    package init(
+        target: @escaping @Sendable () async throws -> Target,
+        admit: (@Sendable (Session) -> String?)?,
+        transport: any MessagingTransport,
+        configuration: ClientConfiguration,
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        disconnectedSends: DisconnectedSendPolicy = .wait(capacity: 1024),
+        clock: some Clock<Duration> = ContinuousClock(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        onConnected: (@Sendable (Session) -> Void)? = nil
+    ) {
         self.onConnected = onConnected
-        self.host = host
-        self.port = port
+        self.target = target
+        self.admit = admit
         self.transport = transport
-        self.serverHostname = serverHostname
         self.configuration = configuration
         self.policy = policy
         self.disconnectedSends = disconnectedSends
@@ -451,15 +497,20 @@ public final class ReconnectingClient: Service, Sendable {
         var lastError: MessagingError?
         while !self.state.withLockedValue({ $0.stopped }) {
             do {
+                let target = try await self.target()
                 let client = try await SecureClient.connect(
-                    host: self.host,
-                    port: self.port,
+                    host: target.host,
+                    port: target.port,
                     transport: self.transport,
-                    serverHostname: self.serverHostname,
+                    serverHostname: target.serverHostname,
                     configuration: self.configuration,
                     group: self.group,
                     logger: self.logger
                 )
+                if let refusal = self.admit?(client.session) {
+                    client.session.fail(code: .goingAway, reason: refusal)
+                    throw MessagingError(.connectFailed, refusal)
+                }
                 attempt = 0
                 lastError = await self.serve(client.session)
             } catch {
@@ -478,11 +529,69 @@ public final class ReconnectingClient: Service, Sendable {
             }
             self.eventContinuation.yield(.reconnecting(attempt: attempt, delay: delay))
             do {
-                try await self.sleep(delay)
+                if try await self.backOff(delay) {
+                    attempt = 0
+                }
             } catch {
                 break  // Cancelled: the client stopped.
             }
         }
+    }
+
+    /// Waits `delay`, or less when ``moveOn(reason:)`` is called meanwhile (then returns
+    /// `true`).
+    private func backOff(_ delay: Duration) async throws -> Bool {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await self.sleep(delay)
+                return false
+            }
+            group.addTask {
+                await self.waitForNudge()
+                return true
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? false
+        }
+    }
+
+    private func waitForNudge() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = self.state.withLockedValue { state in
+                    if state.nudged || Task.isCancelled {
+                        state.nudged = false
+                        return true
+                    }
+                    state.nudgeWaiter = continuation
+                    return false
+                }
+                if now {
+                    continuation.resume()
+                }
+            }
+        } onCancel: {
+            self.state.withLockedValue { state in
+                defer { state.nudgeWaiter = nil }
+                return state.nudgeWaiter
+            }?.resume()
+        }
+    }
+
+    /// Leaves the server of the open session at once (ERROR GOING_AWAY with `reason`) and
+    /// connects again without waiting out a backoff: for when the client learns that another
+    /// server is now the one to use. Messages sent with ACK requested and not yet ACKed go
+    /// again on the next connection.
+    package func moveOn(reason: String) {
+        let (session, waiter) = self.state.withLockedValue { state in
+            defer { state.nudgeWaiter = nil }
+            if state.nudgeWaiter == nil {
+                state.nudged = true
+            }
+            return (state.session, state.nudgeWaiter)
+        }
+        waiter?.resume()
+        session?.fail(code: .goingAway, reason: reason)
     }
 
     /// The open session to read from next: not `previous`, which ended. Waits for a

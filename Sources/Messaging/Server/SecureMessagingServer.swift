@@ -44,6 +44,8 @@ public final class SecureMessagingServer: Service, Sendable {
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
     private let shuttingDown = NIOLockedValueBox(false)
     private let metrics: MessagingMetrics
+    /// What new sessions are told and whether they are taken: see ``setAdmission(metadata:refusal:)``.
+    private let admission = NIOLockedValueBox<(metadata: [String: String]?, refusal: ProtocolViolation?)>((nil, nil))
 
     /// Creates a server; nothing happens until ``run()``.
     ///
@@ -120,6 +122,14 @@ public final class SecureMessagingServer: Service, Sendable {
         self.logger = logger
         self.handler = handler
         self.listening = group.next().makePromise(of: SocketAddress.self)
+    }
+
+    /// Changes what new connections get from now on: the HELLO `metadata` (`nil`: the
+    /// configuration's), and a refusal (`nil`: they are served) — ERROR with its code and
+    /// reason instead of HELLO, then the connection closes. Sessions already open are not
+    /// touched.
+    package func setAdmission(metadata: [String: String]?, refusal: ProtocolViolation?) {
+        self.admission.withLockedValue { $0 = (metadata, refusal) }
     }
 
     /// The number of live connections: exact at every moment.
@@ -256,9 +266,12 @@ public final class SecureMessagingServer: Service, Sendable {
             metrics: self.metrics
         )
         self.metrics.sessionsTotal.increment()
+        let admission = self.admission.withLockedValue { $0 }
         var rejection: ProtocolViolation?
         if self.shuttingDown.withLockedValue({ $0 }) {
             rejection = ProtocolViolation(.goingAway, "server shutting down")
+        } else if let refusal = admission.refusal {
+            rejection = refusal
         } else if self.registry.add(session, limit: config.maxConnections) {
             let registry = self.registry
             let metrics = self.metrics
@@ -274,7 +287,7 @@ public final class SecureMessagingServer: Service, Sendable {
         let hello = config.session.makeHello(
             nodeID: config.nodeID,
             role: config.role,
-            metadata: config.metadata,
+            metadata: admission.metadata ?? config.metadata,
             sessionID: sessionID
         )
         var logger = self.logger

@@ -1,0 +1,321 @@
+import FoundationEssentials
+import Logging
+import Messaging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One etcd member's client URL: `http://host:port` or `https://host:port`.
+struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
+    var secure: Bool
+    var host: String
+    var port: Int
+
+    init(_ url: String) throws {
+        let secure: Bool
+        var rest: Substring
+        if url.hasPrefix("http://") {
+            secure = false
+            rest = url.dropFirst("http://".count)
+        } else if url.hasPrefix("https://") {
+            secure = true
+            rest = url.dropFirst("https://".count)
+        } else {
+            throw EtcdError.badEndpoint(url, "it must start with http:// or https://")
+        }
+        if rest.hasSuffix("/") {
+            rest = rest.dropLast()
+        }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]),
+            (1...65_535).contains(port)
+        else {
+            throw EtcdError.badEndpoint(url, "it must name a port")
+        }
+        var host = rest[..<colon]
+        if host.hasPrefix("["), host.hasSuffix("]") {
+            host = host.dropFirst().dropLast()
+        }
+        guard !host.isEmpty, !host.contains("/") else {
+            throw EtcdError.badEndpoint(url, "it must be scheme://host:port")
+        }
+        self.secure = secure
+        self.host = String(host)
+        self.port = port
+    }
+
+    var description: String {
+        let host = self.host.contains(":") ? "[\(self.host)]" : self.host
+        return "\(self.secure ? "https" : "http")://\(host):\(self.port)"
+    }
+}
+
+/// Errors of the etcd election.
+public enum EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// An endpoint URL that cannot be used.
+    case badEndpoint(String, String)
+    /// No endpoint could be reached (the last failure given).
+    case unreachable(String)
+    /// etcd answered with an error.
+    case server(code: Int, message: String)
+    /// etcd's answer could not be read.
+    case badAnswer(String)
+
+    public var description: String {
+        switch self {
+        case .badEndpoint(let url, let why): "etcd endpoint \"\(url)\" cannot be used: \(why)"
+        case .unreachable(let why): "no etcd endpoint answered: \(why)"
+        case .server(let code, let message): "etcd refused (code \(code)): \(message)"
+        case .badAnswer(let why): "etcd's answer could not be read: \(why)"
+        }
+    }
+
+    /// etcd no longer knows the lease (it expired or was revoked).
+    var isLeaseNotFound: Bool {
+        if case .server(_, let message) = self { return message.contains("lease not found") }
+        return false
+    }
+
+    /// Whether another member may answer where this one failed.
+    var triesAnotherMember: Bool {
+        switch self {
+        case .unreachable: true
+        // gRPC UNAVAILABLE, DEADLINE_EXCEEDED: the member has no leader or lost quorum.
+        case .server(let code, _): code == 14 || code == 4
+        case .badEndpoint, .badAnswer: false
+        }
+    }
+}
+
+/// etcd's v3 JSON gateway over HTTP/1.1 (NIOHTTP1's codec) on our plain or TLS transport:
+/// unary calls and streams of one JSON object per line, with failover between members.
+final class EtcdGateway: Sendable {
+    let endpoints: [EtcdEndpoint]
+    private let plain: any MessagingTransport
+    private let secure: (any MessagingTransport)?
+    private let group: any EventLoopGroup
+    private let connectTimeout: TimeAmount
+    private let logger: Logger
+    /// The member to try first: the last one that answered.
+    private let preferred = NIOLockedValueBox(0)
+
+    init(
+        endpoints: [EtcdEndpoint],
+        tls: (any MessagingTransport)?,
+        group: any EventLoopGroup,
+        connectTimeout: TimeAmount,
+        logger: Logger
+    ) {
+        self.endpoints = endpoints
+        self.plain = PlainTCPTransport()
+        self.secure = tls
+        self.group = group
+        self.connectTimeout = connectTimeout
+        self.logger = logger
+    }
+
+    /// Calls `path` with `request` and decodes the answer, trying each member in turn (from
+    /// the last one that answered) while they are unreachable or unavailable. `timeout` bounds
+    /// each member's attempt.
+    func call<Request: Encodable, Response: Decodable & Sendable>(
+        _ path: String,
+        _ request: Request,
+        as type: Response.Type = Response.self,
+        timeout: Duration
+    ) async throws -> Response {
+        let body = try Self.encode(request)
+        return try await self.onSomeMember { endpoint in
+            let answer = try await Self.withTimeout(timeout, path: path) {
+                // A streaming call (keepalive) answers one line; a unary one, a body.
+                let first = NIOLockedValueBox<ByteBuffer?>(nil)
+                let body = try await self.exchange(endpoint, path: path, body: body) { line in
+                    first.withLockedValue { $0 = $0 ?? line }
+                }
+                return first.withLockedValue { $0 } ?? body
+            }
+            return try Self.decode(type, answer, path: path)
+        }
+    }
+
+    /// Calls the streaming `path` on one member (the first that connects) and hands each
+    /// answer to `onAnswer` until the stream ends, the member is lost, or the task is cancelled.
+    func stream<Request: Encodable, Response: Decodable & Sendable>(
+        _ path: String,
+        _ request: Request,
+        as type: Response.Type = Response.self,
+        onAnswer: @escaping @Sendable (Response) async throws -> Void
+    ) async throws {
+        let body = try Self.encode(request)
+        try await self.onSomeMember { endpoint in
+            _ = try await self.exchange(endpoint, path: path, body: body) { line in
+                try await onAnswer(try Self.decode(type, line, path: path))
+            }
+        }
+    }
+
+    private func onSomeMember<T>(_ attempt: (EtcdEndpoint) async throws -> T) async throws -> T {
+        let first = self.preferred.withLockedValue { $0 }
+        var lastError: EtcdError = .unreachable("no endpoints")
+        for offset in self.endpoints.indices {
+            let index = (first + offset) % self.endpoints.count
+            let endpoint = self.endpoints[index]
+            do {
+                let result = try await attempt(endpoint)
+                self.preferred.withLockedValue { $0 = index }
+                return result
+            } catch let error as EtcdError where error.triesAnotherMember {
+                try Task.checkCancellation()
+                self.logger.debug("etcd member failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
+    /// One POST on its own connection. Each line of the answer (one JSON object) goes to
+    /// `onLine` as it comes; a last one without a newline too, and it is also returned.
+    private func exchange(
+        _ endpoint: EtcdEndpoint,
+        path: String,
+        body: ByteBuffer,
+        onLine: @escaping @Sendable (ByteBuffer) async throws -> Void
+    ) async throws -> ByteBuffer {
+        guard let transport = endpoint.secure ? self.secure : self.plain else {
+            throw EtcdError.badEndpoint("\(endpoint)", "https needs a TLS configuration")
+        }
+        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        do {
+            channel = try await ClientBootstrap(group: self.group)
+                .connectTimeout(self.connectTimeout)
+                .connect(host: endpoint.host, port: endpoint.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try transport.configure(channel, serverHostname: endpoint.host)
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                            wrappingChannelSynchronously: channel
+                        )
+                    }
+                }
+        } catch {
+            throw EtcdError.unreachable("\(endpoint): \(error)")
+        }
+        do {
+            return try await channel.executeThenClose { inbound, outbound in
+                var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+                head.headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
+                head.headers.add(name: "Content-Type", value: "application/json")
+                head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+                try await outbound.write(.head(head))
+                try await outbound.write(.body(.byteBuffer(body)))
+                try await outbound.write(.end(nil))
+
+                var status: HTTPResponseStatus?
+                var pending = ByteBuffer()
+                for try await part in inbound {
+                    switch part {
+                    case .head(let head):
+                        status = head.status
+                    case .body(var chunk):
+                        pending.writeBuffer(&chunk)
+                        // A streamed answer: one JSON object per line.
+                        while status == .ok, let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n"))
+                        {
+                            let length = newline - pending.readerIndex
+                            if let line = pending.readSlice(length: length), line.readableBytes > 0 {
+                                try await onLine(line)
+                            }
+                            pending.moveReaderIndex(forwardBy: 1)
+                        }
+                        pending.discardReadBytes()
+                    case .end:
+                        guard let status else { throw EtcdError.badAnswer("no status line") }
+                        if status != .ok {
+                            throw Self.serverError(pending, status: status)
+                        }
+                        // The last object may come without its newline (an error ending a
+                        // stream does; so does a plain body).
+                        if pending.readableBytes > 0 {
+                            try await onLine(pending)
+                        }
+                        return pending
+                    }
+                }
+                throw EtcdError.unreachable("\(endpoint) closed the connection before answering \(path)")
+            }
+        } catch let error as EtcdError {
+            throw error
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw EtcdError.unreachable("\(endpoint): \(error)")
+        }
+    }
+
+    private static func withTimeout<T: Sendable>(
+        _ timeout: Duration,
+        path: String,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let result = try await group.next() ?? nil else {
+                throw EtcdError.unreachable("\(path) got no answer within \(timeout)")
+            }
+            return result
+        }
+    }
+
+    // MARK: - JSON
+
+    private static func encode(_ value: some Encodable) throws -> ByteBuffer {
+        ByteBuffer(bytes: try JSONEncoder().encode(value))
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ buffer: ByteBuffer, path: String) throws -> T {
+        let data = Data(buffer.readableBytesView)
+        if let failure = try? JSONDecoder().decode(GatewayStreamError.self, from: data), let error = failure.error {
+            throw EtcdError.server(code: error.grpcCode ?? 2, message: error.message ?? "unknown")
+        }
+        do {
+            return try JSONDecoder().decode(type, from: data)
+        } catch {
+            throw EtcdError.badAnswer("\(path): \(error)")
+        }
+    }
+
+    private static func serverError(_ buffer: ByteBuffer, status: HTTPResponseStatus) -> EtcdError {
+        let data = Data(buffer.readableBytesView)
+        if let failure = try? JSONDecoder().decode(GatewayUnaryError.self, from: data) {
+            return .server(code: failure.code ?? 2, message: failure.message ?? failure.error ?? "HTTP \(status.code)")
+        }
+        return .server(code: 2, message: "HTTP \(status.code) \(status.reasonPhrase)")
+    }
+}
+
+/// A unary call's error: `{"error": "...", "code": 14, "message": "..."}`.
+struct GatewayUnaryError: Decodable {
+    var error: String?
+    var code: Int?
+    var message: String?
+}
+
+/// An error inside a stream: `{"error": {"grpc_code": 14, "http_code": 503, "message": "..."}}`.
+struct GatewayStreamError: Decodable {
+    struct Detail: Decodable {
+        var grpcCode: Int?
+        var message: String?
+
+        enum CodingKeys: String, CodingKey {
+            case grpcCode = "grpc_code"
+            case message
+        }
+    }
+
+    var error: Detail?
+}

@@ -1,0 +1,332 @@
+public import Cluster
+import FoundationEssentials
+public import Logging
+public import Messaging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOPosix
+
+/// Settings of an ``EtcdLeaderElection``.
+public struct EtcdElectionConfiguration: Sendable {
+    /// The client URLs of etcd's members (`http://host:port`, `https://host:port`); calls fail
+    /// over between them.
+    public var endpoints: [String]
+    /// The election's name: candidates and followers of one group share it.
+    public var electionName: String
+    /// The time to live of a candidate's lease, in whole seconds (etcd's unit). A leader whose
+    /// renewals stop steps down within it; a leader that dies is replaced after it.
+    public var leaseTTL: Duration = .seconds(5)
+    /// The transport for `https://` endpoints (a `TLSTransport` with this side's client
+    /// certificate, for etcd's mutual TLS).
+    public var tls: (any MessagingTransport)?
+    /// How long to wait for a TCP connection to a member.
+    public var connectTimeout: Duration = .seconds(2)
+
+    public init(endpoints: [String], electionName: String) {
+        self.endpoints = endpoints
+        self.electionName = electionName
+    }
+}
+
+/// Leader election on etcd (v3, through its JSON gateway), as Kubernetes does it: each
+/// candidate holds a lease, campaigns in etcd's election service, and leads while its lease
+/// lives; the term is the revision at which its key was made, so it grows with every election.
+///
+/// A leader renews its lease four times per time to live. ``Leadership/validUntil`` is the
+/// instant a renewal was *sent* plus four fifths of the time to live: before it, etcd cannot
+/// have let the lease expire, whatever happened since. Endpoints are tried in turn from the
+/// last one that answered, so losing an etcd member changes nothing while a quorum remains.
+public final class EtcdLeaderElection: LeaderElection {
+    public let configuration: EtcdElectionConfiguration
+    private let gateway: EtcdGateway
+    private let logger: Logger
+    private let ttlSeconds: Int64
+
+    /// - Throws: ``EtcdError`` when an endpoint is not a usable URL, there is none, or the
+    ///   lease time to live is under one second.
+    public init(
+        configuration: EtcdElectionConfiguration,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "smsg.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws {
+        guard !configuration.endpoints.isEmpty else {
+            throw EtcdError.badEndpoint("", "no etcd endpoint given")
+        }
+        guard !configuration.electionName.isEmpty else {
+            throw EtcdError.badEndpoint("", "the election needs a name")
+        }
+        let ttl = configuration.leaseTTL.components.seconds
+        guard ttl >= 1 else {
+            throw EtcdError.badEndpoint("", "the lease time to live is at least one second")
+        }
+        self.configuration = configuration
+        self.ttlSeconds = ttl
+        self.logger = logger
+        self.gateway = EtcdGateway(
+            endpoints: try configuration.endpoints.map(EtcdEndpoint.init),
+            tls: configuration.tls,
+            group: group,
+            connectTimeout: .nanoseconds(
+                configuration.connectTimeout.components.seconds * 1_000_000_000
+                    + configuration.connectTimeout.components.attoseconds / 1_000_000_000
+            ),
+            logger: logger
+        )
+    }
+
+    private var name: GatewayBytes { GatewayBytes(self.configuration.electionName) }
+    private var renewInterval: Duration { .seconds(self.ttlSeconds) / 4 }
+    /// For calls outside the renewals: a busy etcd (a fresh member's first writes, a loaded
+    /// machine) can take seconds, and waiting costs no safety.
+    private let callTimeout = Duration.seconds(5)
+
+    private func validUntil(sentAt sent: ContinuousClock.Instant, ttl: Int64) -> ContinuousClock.Instant {
+        sent + .seconds(ttl) * 4 / 5
+    }
+
+    // MARK: - Campaign
+
+    public func campaign(address: String) async throws -> Leadership {
+        while true {
+            try Task.checkCancellation()
+            let sent = ContinuousClock.now
+            let grant = try await self.gateway.call(
+                "/v3/lease/grant",
+                LeaseGrantRequest(TTL: GatewayInt(self.ttlSeconds)),
+                as: LeaseGrantResponse.self,
+                timeout: self.callTimeout
+            )
+            guard let id = grant.ID?.value, let ttl = grant.TTL?.value, ttl > 0 else {
+                throw EtcdError.badAnswer("lease grant: \(grant.error ?? "no lease")")
+            }
+            do {
+                if let leadership = try await self.campaign(lease: id, ttl: ttl, sent: sent, address: address) {
+                    return leadership
+                }
+                // The lease expired while waiting: campaign with a new one.
+                await self.revoke(lease: id)
+            } catch {
+                await self.revoke(lease: id)
+                throw error
+            }
+        }
+    }
+
+    /// Campaigns with `lease` (renewing it meanwhile) until elected; `nil` when the lease is
+    /// lost first.
+    private func campaign(
+        lease: Int64,
+        ttl: Int64,
+        sent: ContinuousClock.Instant,
+        address: String
+    ) async throws
+        -> Leadership?
+    {
+        let confirmed = ConfirmedUntil(self.validUntil(sentAt: sent, ttl: ttl))
+        return try await withThrowingTaskGroup(of: Leadership?.self) { group in
+            group.addTask {
+                try await self.renew(lease: lease) { confirmed.extend(to: $0) }
+                return nil
+            }
+            group.addTask {
+                // The call blocks until elected; a member lost on the way is asked again (the
+                // same lease's campaign takes up its own key).
+                while true {
+                    do {
+                        let answer = try await self.gateway.call(
+                            "/v3/election/campaign",
+                            CampaignRequest(name: self.name, lease: GatewayInt(lease), value: GatewayBytes(address)),
+                            as: CampaignResponse.self,
+                            timeout: .seconds(365 * 24 * 3600)
+                        )
+                        guard let key = answer.leader else {
+                            throw EtcdError.badAnswer("campaign: no leader key")
+                        }
+                        // etcd can declare a waiting campaign won after its lease expired: the
+                        // win counts only if the lease still lives and the key still leads.
+                        guard try await self.stillLeads(key, confirmed: confirmed) else { return nil }
+                        return Leadership(
+                            term: UInt64(key.rev.value),
+                            address: address,
+                            validUntil: confirmed.value,
+                            token: try Self.token(key)
+                        )
+                    } catch let error as EtcdError where error.triesAnotherMember {
+                        self.logger.info("campaign interrupted; again", metadata: ["error": "\(error)"])
+                        try await Task.sleep(for: .milliseconds(200))
+                    } catch let error as EtcdError where error.isLeaseNotFound {
+                        // Expired before the campaign reached etcd (a slow etcd, a paused
+                        // process): campaign again with a new lease.
+                        self.logger.info(
+                            "candidate's lease expired before its campaign",
+                            metadata: ["error": "\(error)"]
+                        )
+                        return nil
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            do {
+                let first = try await group.next() ?? nil
+                return first
+            } catch let error as LeaderElectionError {
+                self.logger.warning("candidate's lease lost while campaigning", metadata: ["error": "\(error)"])
+                return nil
+            }
+        }
+    }
+
+    /// Whether `key` is the election's leader now, with its lease alive (confirmed anew).
+    private func stillLeads(_ key: LeaderKey, confirmed: ConfirmedUntil) async throws -> Bool {
+        let sent = ContinuousClock.now
+        let renewal = try await self.gateway.call(
+            "/v3/lease/keepalive",
+            LeaseIDRequest(ID: GatewayInt(key.lease.value)),
+            as: LeaseKeepAliveAnswer.self,
+            timeout: self.callTimeout
+        )
+        guard let ttl = renewal.result?.TTL?.value, ttl > 0 else {
+            self.logger.info("campaign won with an expired lease; campaigning again")
+            return false
+        }
+        confirmed.extend(to: self.validUntil(sentAt: sent, ttl: ttl))
+        let leader = try await self.gateway.call(
+            "/v3/election/leader",
+            ElectionNameRequest(name: self.name),
+            as: LeaderResponse.self,
+            timeout: self.callTimeout
+        )
+        guard leader.kv?.key == key.key, leader.kv?.create_revision == key.rev else {
+            self.logger.info("campaign won but the key no longer leads; campaigning again")
+            return false
+        }
+        return true
+    }
+
+    // MARK: - Holding
+
+    public func hold(
+        _ leadership: Leadership,
+        confirmed: @escaping @Sendable (ContinuousClock.Instant) -> Void
+    ) async throws {
+        let key = try Self.key(of: leadership)
+        do {
+            try await self.renew(lease: key.lease.value, confirmed: confirmed)
+        } catch is CancellationError {
+            return
+        }
+    }
+
+    /// Renews `lease` every quarter of its time to live until cancelled; throws
+    /// ``LeaderElectionError`` when etcd says the lease is gone. Failed renewals are logged
+    /// and tried again: the holder's clock decides when they have failed for too long.
+    private func renew(lease: Int64, confirmed: @escaping @Sendable (ContinuousClock.Instant) -> Void) async throws {
+        while true {
+            try await Task.sleep(for: self.renewInterval)
+            let sent = ContinuousClock.now
+            let answer: LeaseKeepAliveAnswer
+            do {
+                answer = try await self.gateway.call(
+                    "/v3/lease/keepalive",
+                    LeaseIDRequest(ID: GatewayInt(lease)),
+                    as: LeaseKeepAliveAnswer.self,
+                    // A late answer still confirms from when it was sent; waiting longer than
+                    // the interval only delays the next try.
+                    timeout: self.renewInterval * 2
+                )
+            } catch let error as EtcdError {
+                self.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+                continue
+            }
+            guard let ttl = answer.result?.TTL?.value, ttl > 0 else {
+                throw LeaderElectionError("the lease expired (etcd no longer knows it)")
+            }
+            confirmed(self.validUntil(sentAt: sent, ttl: ttl))
+        }
+    }
+
+    public func resign(_ leadership: Leadership) async {
+        guard let key = try? Self.key(of: leadership) else { return }
+        await self.revoke(lease: key.lease.value)
+    }
+
+    /// Revokes `lease` (its keys go with it), within two seconds; failures are only logged.
+    private func revoke(lease: Int64) async {
+        do {
+            _ = try await self.gateway.call(
+                "/v3/lease/revoke",
+                LeaseIDRequest(ID: GatewayInt(lease)),
+                as: Empty.self,
+                timeout: .seconds(2)
+            )
+        } catch {
+            self.logger.info("lease not revoked; it ends with its time to live", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private static func token(_ key: LeaderKey) throws -> String {
+        String(decoding: try JSONEncoder().encode(key), as: UTF8.self)
+    }
+
+    private static func key(of leadership: Leadership) throws -> LeaderKey {
+        try JSONDecoder().decode(LeaderKey.self, from: Data(leadership.token.utf8))
+    }
+
+    // MARK: - Following
+
+    public func leaders() -> AsyncThrowingStream<ElectedLeader, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(
+            of: ElectedLeader.self,
+            bufferingPolicy: .bufferingNewest(16)
+        )
+        // The observation lives as long as its reader: ending the stream cancels it.
+        let observation = Task {
+            await self.observe(into: continuation)
+        }
+        continuation.onTermination = { _ in observation.cancel() }
+        return stream
+    }
+
+    private func observe(into continuation: AsyncThrowingStream<ElectedLeader, any Error>.Continuation) async {
+        var failures = 0
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                try await self.gateway.stream("/v3/election/observe", ElectionNameRequest(name: self.name)) {
+                    (answer: ObserveAnswer) in
+                    if let leader = Self.leader(answer.result?.kv) {
+                        continuation.yield(leader)
+                    }
+                }
+            } catch is CancellationError {
+                break
+            } catch {
+                self.logger.info("observing the election failed; again", metadata: ["error": "\(error)"])
+            }
+            // A stream that lasted is not a run of failures.
+            failures = ContinuousClock.now - started > .seconds(5) ? 1 : failures + 1
+            try? await Task.sleep(for: .milliseconds(min(2_000, 100 * failures)))
+        }
+        continuation.finish()
+    }
+
+    private static func leader(_ kv: KeyValue?) -> ElectedLeader? {
+        guard let kv, let revision = kv.create_revision?.value, revision > 0, let value = kv.value else { return nil }
+        return ElectedLeader(term: UInt64(revision), address: value.text)
+    }
+}
+
+/// The latest ``Leadership/validUntil`` confirmed while campaigning.
+private final class ConfirmedUntil: Sendable {
+    private let box: NIOLockedValueBox<ContinuousClock.Instant>
+
+    init(_ initial: ContinuousClock.Instant) {
+        self.box = NIOLockedValueBox(initial)
+    }
+
+    var value: ContinuousClock.Instant { self.box.withLockedValue { $0 } }
+
+    func extend(to instant: ContinuousClock.Instant) {
+        self.box.withLockedValue { $0 = max($0, instant) }
+    }
+}

@@ -1,0 +1,164 @@
+import Cluster
+import EtcdElection
+import Logging
+import Messaging
+import NIOConcurrencyHelpers
+import NIOCore
+import SMSGTestSupport
+import Testing
+
+private func etcdElection(_ etcd: EtcdCluster, name: String, ttl: Int = 2) throws -> EtcdLeaderElection {
+    var configuration = EtcdElectionConfiguration(endpoints: etcd.clientURLs, electionName: name)
+    configuration.leaseTTL = .seconds(ttl)
+    return try EtcdLeaderElection(configuration: configuration)
+}
+
+/// The election on real etcd (Debian's etcd-server, started on loopback ports by each test).
+@Suite("Leader election on etcd", .serialized, .timeLimit(.minutes(2)))
+struct EtcdElectionTests {
+    @Test("one candidate at a time is elected; terms grow; followers see each leader")
+    func campaignAndObserve() async throws {
+        let etcd = try await EtcdCluster()
+        let first = try etcdElection(etcd, name: "campaign")
+        let second = try etcdElection(etcd, name: "campaign")
+        var leaders = first.leaders().makeAsyncIterator()
+
+        let won = try await first.campaign(address: "127.0.0.1:1001")
+        #expect(won.address == "127.0.0.1:1001")
+        #expect(won.validUntil > .now)
+        #expect(try await leaders.next() == ElectedLeader(term: won.term, address: "127.0.0.1:1001"))
+
+        let waiting = Task { try await second.campaign(address: "127.0.0.1:1002") }
+        try await Task.sleep(for: .milliseconds(500))
+        await first.resign(won)
+        let next = try await waiting.value
+        #expect(next.term > won.term)
+        #expect(try await leaders.next() == ElectedLeader(term: next.term, address: "127.0.0.1:1002"))
+
+        // Its lease revoked behind its back, the holder hears that it is gone.
+        let holding = Task { try await second.hold(next) { _ in } }
+        await first.resign(next)
+        await #expect(throws: LeaderElectionError.self) { try await holding.value }
+    }
+
+    @Test("the lease is renewed: validUntil moves on while the leadership is held")
+    func renewals() async throws {
+        let etcd = try await EtcdCluster()
+        let election = try etcdElection(etcd, name: "renew")
+        let won = try await election.campaign(address: "127.0.0.1:1001")
+        let confirmations = NIOLockedValueBox<[ContinuousClock.Instant]>([])
+        let holding = Task {
+            try await election.hold(won) { until in confirmations.withLockedValue { $0.append(until) } }
+        }
+        // Four renewals per time to live: a few in three seconds, each later than the last.
+        await eventually("three renewals", timeout: .seconds(20)) { confirmations.withLockedValue { $0.count } >= 3 }
+        let seen = confirmations.withLockedValue { $0 }
+        #expect(seen.first! > won.validUntil)
+        #expect(seen == seen.sorted())
+        holding.cancel()
+        try await holding.value
+        await election.resign(won)
+    }
+
+    @Test("a leader whose lease is revoked steps down; a collaborator's acknowledged sends all arrive")
+    func acknowledgedAcrossFailover() async throws {
+        let etcd = try await EtcdCluster()
+        let received = NIOLockedValueBox<[String]>([])
+        func candidate() throws -> (Leader, Task<Void, any Error>) {
+            var configuration = LeaderConfiguration()
+            configuration.server.session.heartbeatInterval = .milliseconds(200)
+            configuration.server.session.drainTimeout = .milliseconds(500)
+            configuration.campaignRetryDelay = .milliseconds(100)
+            let leader = Leader(
+                configuration: configuration,
+                transport: try ClusterCertificates.leaderTransport(),
+                logger: quiet,
+                election: try etcdElection(etcd, name: "acked")
+            )
+            leader.on(topic: "work") { message, _ in
+                received.withLockedValue { $0.append(String(buffer: message.body)) }
+            }
+            return (leader, Task { try await leader.run() })
+        }
+        let (first, firstRun) = try candidate()
+        await eventually("the first leader elected") { first.leadership != nil }
+        let (second, secondRun) = try candidate()
+        var configuration = CollaboratorConfiguration(nodeID: "collab-1")
+        configuration.session.heartbeatInterval = .milliseconds(200)
+        configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(300))
+        let collaborator = Collaborator(
+            election: try etcdElection(etcd, name: "acked"),
+            transport: try await ClusterCertificates.collaboratorTransport("collab-1"),
+            serverHostname: "localhost",
+            configuration: configuration
+        )
+        let collaboratorRun = Task { try await collaborator.run() }
+        let firstTerm = try #require(first.leadership?.term)
+        let count = 400
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for index in 0..<count {
+                    try await collaborator.sendAcknowledged(topic: "work", body: ByteBuffer(string: "\(index)"))
+                }
+            }
+            group.addTask {
+                await eventually("a third sent") { received.withLockedValue { $0.count } >= count / 3 }
+                // The first leader's lease is revoked in etcd: it loses the leadership abruptly.
+                let leadership = try #require(first.leadership)
+                await (try etcdElection(etcd, name: "acked")).resign(leadership)
+            }
+            try await group.waitForAll()
+        }
+        #expect(Set(received.withLockedValue { $0 }) == Set((0..<count).map { "\($0)" }))
+        let secondTerm = try #require(second.leadership?.term)
+        #expect(secondTerm > firstTerm)
+        // The first leader heard at once (from the election, before its next renewal).
+        await eventually("the first leader stepped down") {
+            first.leadership == nil || first.leadership!.term > secondTerm
+        }
+        #expect(collaborator.highestTermSeen ?? 0 >= secondTerm)
+        await collaborator.leave()
+        try await collaboratorRun.value
+        first.shutdown()
+        second.shutdown()
+        try await firstRun.value
+        try await secondRun.value
+    }
+
+    @Test("losing one of three etcd members changes nothing: the leader keeps its term")
+    func oneMemberLost() async throws {
+        let etcd = try await EtcdCluster(members: 3)
+        var configuration = LeaderConfiguration()
+        configuration.server.session.heartbeatInterval = .milliseconds(200)
+        let leader = Leader(
+            configuration: configuration,
+            transport: try ClusterCertificates.leaderTransport(),
+            logger: quiet,
+            election: try etcdElection(etcd, name: "three")
+        )
+        let running = Task { try await leader.run() }
+        await eventually("elected") { leader.leadership != nil }
+        let term = try #require(leader.leadership?.term)
+        // The member every call tries first goes.
+        etcd.kill(member: 0)
+        // Three times the lease's time to live: a leader that could not renew would have
+        // stepped down by now.
+        try await Task.sleep(for: .seconds(6))
+        #expect(leader.leadership?.term == term)
+        // A collaborator that starts now still finds the leader through the other members.
+        var collaboratorConfiguration = CollaboratorConfiguration(nodeID: "collab-1")
+        collaboratorConfiguration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20))
+        let collaborator = Collaborator(
+            election: try etcdElection(etcd, name: "three"),
+            transport: try await ClusterCertificates.collaboratorTransport("collab-1"),
+            serverHostname: "localhost",
+            configuration: collaboratorConfiguration
+        )
+        let collaboratorRun = Task { try await collaborator.run() }
+        await eventually("joined", timeout: .seconds(20)) { leader.collaborator("collab-1")?.state == .active }
+        await collaborator.leave()
+        try await collaboratorRun.value
+        leader.shutdown()
+        try await running.value
+    }
+}
