@@ -68,8 +68,9 @@ public final class Leader: Service, MessageRouting, Sendable {
     public let coder: MessageCoder
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let leadershipContinuation: AsyncStream<LeadershipEvent>.Continuation
-    private let activeGauge = Gauge(label: "smsg_leader_active")
-    private let termGauge = Gauge(label: "smsg_leader_term")
+    /// With an election: 1 while elected, else 0; and the term held (the last one, after).
+    private let activeGauge: Gauge
+    private let termGauge: Gauge
     private let logger: Logger
     private let tracing: MessageTracing
 
@@ -93,6 +94,8 @@ public final class Leader: Service, MessageRouting, Sendable {
     ) {
         self.configuration = configuration
         self.election = election
+        self.activeGauge = Gauge(label: "smsg_leader_active", factory: metrics.factory)
+        self.termGauge = Gauge(label: "smsg_leader_term", factory: metrics.factory)
         self.coder = coder
         self.logger = logger
         self.tracing = MessageTracing(configured: tracer)
@@ -236,6 +239,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         }
         if self.election != nil {
             self.server.setAdmission(metadata: nil, refusal: Self.standbyRefusal)
+            self.activeGauge.record(0)
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {

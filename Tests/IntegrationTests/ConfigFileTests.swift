@@ -46,6 +46,60 @@ struct ConfigFileTests {
         #expect(Self.same(try Self.printed(output), config), "\(output)")
     }
 
+    @Test("the election settings round-trip through a config file, and the environment overrides it")
+    func electionSettings() async throws {
+        let certs = BenchServerTests.certificates
+        let config: [String: Any] = [
+            "listen": "127.0.0.1:7999", "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key",
+            "ca": "\(certs)/ca.pem", "require_client_cert": true, "etcd": "http://127.0.0.1:2379,http://127.0.0.1:2380",
+            "election": "group-a", "lease_ttl": "2", "advertise": "10.0.0.1:7443",
+        ]
+        let path = try Self.writeConfig(config)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (status, output) = try await Self.run(["leader", "--config", path, "--print-config"])
+        #expect(status == 0, "\(output)")
+        #expect(Self.same(try Self.printed(output), config), "\(output)")
+
+        let (overridden, environmentOutput) = try await Self.run(
+            [
+                "collaborator", "--id", "collab-1", "--cert", "\(certs)/collab-1.pem", "--key", "\(certs)/collab-1.key",
+                "--ca", "\(certs)/ca.pem", "--print-config",
+            ],
+            environment: ["SMSG_ETCD": "http://127.0.0.1:2379", "SMSG_ELECTION": "group-b"]
+        )
+        #expect(overridden == 0, "\(environmentOutput)")
+        let printed = try Self.printed(environmentOutput)
+        #expect(printed["etcd"] as? String == "http://127.0.0.1:2379")
+        #expect(printed["election"] as? String == "group-b")
+        #expect(printed["leader"] == nil)
+    }
+
+    @Test("bad election settings get clear errors")
+    func badElectionSettings() async throws {
+        let certs = BenchServerTests.certificates
+        let collaborator = [
+            "collaborator", "--id", "collab-1", "--cert", "\(certs)/collab-1.pem", "--key", "\(certs)/collab-1.key",
+            "--ca", "\(certs)/ca.pem",
+        ]
+        let cases: [([String], String)] = [
+            (["--etcd", "127.0.0.1:2379", "--election", "g"], "is not an http:// or https:// URL"),
+            (["--etcd", "http://127.0.0.1:2379"], "election is required"),
+            (["--election", "g"], "give the etcd endpoints too"),
+            (
+                ["--etcd", "http://127.0.0.1:2379", "--election", "g", "--lease-ttl", "0"],
+                "whole seconds from 1 to 3600"
+            ),
+            (["--etcd", "https://127.0.0.1:2379", "--election", "g"], "https etcd endpoints need etcd_ca"),
+            (["--etcd", "http://127.0.0.1:2379", "--election", "g", "--leader", "127.0.0.1:7443"], "not both"),
+            ([], "leader is required"),
+        ]
+        for (arguments, message) in cases {
+            let (status, output) = try await Self.run(collaborator + arguments + ["--print-config"])
+            #expect(status != 0, "\(arguments)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
+    }
+
     @Test("a collaborator config file with every option round-trips through --print-config")
     func collaboratorRoundTrip() async throws {
         let certs = BenchServerTests.certificates

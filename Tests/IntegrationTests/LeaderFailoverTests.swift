@@ -9,8 +9,8 @@ import Testing
 struct LeaderFailoverTests {
     static let lease = "2"
 
-    /// A leader process campaigning in `election`.
-    static func startLeader(_ etcd: EtcdCluster, election: String) throws -> ChildProcess {
+    /// A leader process campaigning in `election`, with its metrics at `metricsPort`.
+    static func startLeader(_ etcd: EtcdCluster, election: String, metricsPort: Int? = nil) throws -> ChildProcess {
         let certs = BenchServerTests.certificates
         return try ChildProcess(
             BenchServerTests.executable,
@@ -18,8 +18,22 @@ struct LeaderFailoverTests {
                 "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
                 "--ca", "\(certs)/ca.pem", "--require-client-cert", "--etcd", etcd.endpoints, "--election", election,
                 "--lease-ttl", Self.lease,
-            ]
+            ] + (metricsPort.map { ["--metrics", "127.0.0.1:\($0)"] } ?? [])
         )
+    }
+
+    /// A port free now (taken from the system and let go).
+    static func freePort() -> Int {
+        ClosedPort().port
+    }
+
+    /// The value of `name` on the metrics page at `port`.
+    static func metric(_ name: String, port: Int) -> Double? {
+        guard let page = httpGet(port: port, path: "/metrics") else { return nil }
+        for line in page.split(separator: "\n") where line.hasPrefix("\(name) ") {
+            return Double(line.dropFirst(name.count + 1))
+        }
+        return nil
     }
 
     /// A collaborator process following `election`.
@@ -41,13 +55,17 @@ struct LeaderFailoverTests {
     }
 
     /// An active leader, a standby one, and two collaborators joined to the active one.
-    static func startGroup(_ etcd: EtcdCluster, election: String) async throws -> (
+    static func startGroup(
+        _ etcd: EtcdCluster,
+        election: String,
+        metricsPort: Int? = nil
+    ) async throws -> (
         active: ChildProcess, standby: ChildProcess, collaborators: [ChildProcess], term: UInt64
     ) {
         let active = try Self.startLeader(etcd, election: election)
         await active.waitForOutput(containing: "elected term=", timeout: 30)
         let term = try #require(Self.electedTerm(active.output))
-        let standby = try Self.startLeader(etcd, election: election)
+        let standby = try Self.startLeader(etcd, election: election, metricsPort: metricsPort)
         await standby.waitForOutput(containing: "standby", timeout: 30)
         var collaborators: [ChildProcess] = []
         for id in ["collab-1", "collab-2"] {
@@ -63,14 +81,24 @@ struct LeaderFailoverTests {
     @Test("SIGKILL of the active leader: the standby is elected with a higher term and everyone joins it")
     func killActive() async throws {
         let etcd = try await EtcdCluster()
-        let (active, standby, collaborators, term) = try await Self.startGroup(etcd, election: "kill")
+        let metricsPort = Self.freePort()
+        let (active, standby, collaborators, term) = try await Self.startGroup(
+            etcd,
+            election: "kill",
+            metricsPort: metricsPort
+        )
         defer {
             for process in collaborators + [active, standby] { process.terminate() }
         }
+        await eventually("the standby's gauge at 0") { Self.metric("smsg_leader_active", port: metricsPort) == 0 }
         active.signal(SIGKILL)
         await standby.waitForOutput(containing: "elected term=", timeout: 30)
         let next = try #require(Self.electedTerm(standby.output))
         #expect(next > term)
+        await eventually("the new leader's gauges") {
+            Self.metric("smsg_leader_active", port: metricsPort) == 1
+                && Self.metric("smsg_leader_term", port: metricsPort) == Double(next)
+        }
         for id in ["collab-1", "collab-2"] {
             await standby.waitForOutput(containing: "joined \(id)", timeout: 30)
         }
@@ -119,7 +147,10 @@ struct LeaderFailoverTests {
         await leader.waitForOutput(containing: "joined collab-1", timeout: 30)
         let killed = ContinuousClock.now
         etcd.kill(member: 0)
-        await leader.waitForOutput(containing: "stepped down term=\(term): the lease was not confirmed in time", timeout: 10)
+        await leader.waitForOutput(
+            containing: "stepped down term=\(term): the lease was not confirmed in time",
+            timeout: 10
+        )
         // Four fifths of the lease from the last confirmed renewal: well within 2 s of the
         // kill, with a wide margin for a loaded machine.
         #expect(ContinuousClock.now - killed < .seconds(8))

@@ -111,7 +111,7 @@ public struct EtcdClusterError: Error, CustomStringConvertible {
 
 /// A blocking HTTP/1.0 GET on 127.0.0.1 with a one-second receive timeout: the whole answer,
 /// or `nil`.
-func httpGet(port: Int, path: String) -> String? {
+public func httpGet(port: Int, path: String) -> String? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { return nil }
     defer { close(fd) }

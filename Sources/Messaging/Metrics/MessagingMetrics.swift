@@ -28,9 +28,12 @@ public struct MessagingMetrics: Sendable {
     let inboundQueuedBytes: Meter
     /// Bytes waiting in channels' outbound buffers (sampled at flushes and heartbeats).
     let outboundQueuedBytes: Meter
+    /// Where they go: layers above (the leader's election gauges) make theirs there too.
+    package let factory: any MetricsFactory
 
     /// Makes the metrics with `factory` (default: the bootstrapped `MetricsSystem`).
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
         self.sessionsActive = Meter(label: "smsg_sessions_active", factory: factory)
         self.sessionsTotal = Counter(label: "smsg_sessions_total", factory: factory)
         self.framesReceived = Counter(label: "smsg_frames_received_total", factory: factory)
