@@ -21,45 +21,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A loopback port nothing answers on.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-}
+. scripts/lib-ha.sh
+start_etcd "$work/etcd" "$logs/etcd.log"
+echo "etcd on $ETCD_URL"
 
-# wait_for FILE TEXT [SECONDS]: until FILE contains TEXT.
-wait_for() {
-  local deadline=$((SECONDS + ${3:-30}))
-  until grep -qF -- "$2" "$1" 2>/dev/null; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "demo-ha: no \"$2\" in $1 after ${3:-30} s:" >&2
-      cat "$1" >&2 || true
-      exit 1
-    fi
-    sleep 0.05
-  done
-}
-
-now_ms() { date +%s%3N; }
-
-client=$(free_port)
-peer=$(free_port)
-etcd --name demo --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-  --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-  --initial-cluster "demo=http://127.0.0.1:$peer" --log-level error >"$logs/etcd.log" 2>&1 &
-pids+=($!)
-deadline=$((SECONDS + 30))
-until (exec 3<>"/dev/tcp/127.0.0.1/$client" && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && grep -q '"health":"true"' <&3) 2>/dev/null; do
-  [ "$SECONDS" -lt "$deadline" ] || { echo "demo-ha: etcd did not start:" >&2; cat "$logs/etcd.log" >&2; exit 1; }
-  sleep 0.1
-done
-echo "etcd on http://127.0.0.1:$client"
-
-election=(--etcd "http://127.0.0.1:$client" --election demo --lease-ttl 2)
+election=(--etcd "$ETCD_URL" --election demo --lease-ttl 2)
 leader() {
   "$bin" leader --listen 127.0.0.1:0 --cert certs/leader.pem --key certs/leader.key --ca certs/ca.pem \
     --require-client-cert "${election[@]}" >"$logs/$1.log" 2>&1 &

@@ -166,6 +166,9 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         }
     }
 
+    /// Messages sent with `sendAcknowledged` whose ACK has not come yet.
+    public var unacknowledgedCount: Int { self.client.unacknowledgedCount }
+
     /// The session with the leader now, if connected.
     public var session: Session? { self.client.currentSession }
 

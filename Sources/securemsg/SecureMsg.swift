@@ -7,7 +7,7 @@ struct SecureMsg: AsyncParsableCommand {
         abstract: "TLS messaging over the system's OpenSSL.",
         subcommands: [
             Demo.self, LeaderCommand.self, CollaboratorCommand.self, Bench.self, Soak.self, SoakLeader.self,
-            SoakSwarm.self,
+            SoakSwarm.self, FailoverSwarm.self,
         ]
     )
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Failover time on one machine: etcd on loopback, two leaders (--lease-ttl 2), and one swarm
+# process of N collaborators following the election, each sending an acknowledged message
+# every 500 ms. The active leader is SIGKILLed; the time is from the kill to every collaborator
+# having a session with the new leader (its term in their HELLO), as the swarm sees it.
+# Afterwards the swarm reports the acknowledged sends, those that failed, and those still
+# unacknowledged when it stopped (in flight, not lost: they are kept until ACKed).
+#
+# Usage: scripts/failover-bench.sh [N ...]   (default: 200 2000)
+# Env: CONFIG=release|debug (default release), ROUNDS=1, LEASE_TTL=2, SETTLE=3 (seconds of
+#      steady sending before the kill and after the takeover)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-deps.sh
+CONFIG=${CONFIG:-release}
+ROUNDS=${ROUNDS:-1}
+LEASE_TTL=${LEASE_TTL:-2}
+SETTLE=${SETTLE:-3}
+counts=("$@")
+[ ${#counts[@]} -gt 0 ] || counts=(200 2000)
+max=0
+for n in "${counts[@]}"; do [ "$n" -gt "$max" ] && max=$n; done
+scripts/gen-certs.sh >/dev/null
+scripts/gen-soak-certs.sh "$max" >/dev/null
+swift build -c "$CONFIG" --product securemsg >/dev/null
+bin="$(swift build -c "$CONFIG" --show-bin-path)/securemsg"
+need=$((4 * max + 512))
+if [ "$(ulimit -n)" -lt "$need" ]; then ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
+
+. scripts/lib-ha.sh
+work=$(mktemp -d "${TMPDIR:-/tmp}/smsg-failover.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+printf '%-14s %-6s %-12s %-10s %-8s %-10s\n' collaborators round failover_ms acked failed unacked_at_stop
+for n in "${counts[@]}"; do
+  for round in $(seq "$ROUNDS"); do
+    run="$work/$n-$round"
+    mkdir -p "$run"
+    pids=()
+    start_etcd "$run/etcd" "$run/etcd.log"
+    election=(--etcd "$ETCD_URL" --election bench --lease-ttl "$LEASE_TTL")
+    for name in a b; do
+      "$bin" leader --listen 127.0.0.1:0 --cert certs/leader.pem --key certs/leader.key --ca certs/ca.pem \
+        --require-client-cert "${election[@]}" >"$run/leader-$name.log" 2>&1 &
+      pids+=($!)
+      wait_for "$run/leader-$name.log" "listening on"
+    done
+    leader_a=${pids[1]}
+    leader_b=${pids[2]}
+    # The swarm's stdin is a pipe this script holds open; closing it stops the swarm.
+    mkfifo "$run/stdin"
+    "$bin" failover-swarm --etcd "$ETCD_URL" --election bench --count "$n" --certs certs \
+      --collaborator-certs .build/soak-certs <"$run/stdin" >"$run/swarm.log" 2>&1 &
+    pids+=($!)
+    swarm=$!
+    exec 7>"$run/stdin"
+    wait_for "$run/swarm.log" "all $n on term" 300
+    first=$(grep -m1 "all $n on term" "$run/swarm.log" | awk '{print $5}')
+    if grep -q "elected term=$first\$" "$run/leader-a.log"; then active=$leader_a; else active=$leader_b; fi
+    sleep "$SETTLE"
+    killed=$(now_ms)
+    { kill -9 "$active" && wait "$active"; } 2>/dev/null || true
+    deadline=$((SECONDS + 300))
+    until grep "all $n on term" "$run/swarm.log" | grep -qv "term $first "; do
+      [ "$SECONDS" -lt "$deadline" ] || { echo "no takeover within 300 s" >&2; tail "$run/swarm.log" >&2; exit 1; }
+      sleep 0.05
+    done
+    joined=$(grep "all $n on term" "$run/swarm.log" | grep -v "term $first " | head -1 | awk '{print $7}')
+    sleep "$SETTLE"
+    exec 7>&-
+    wait "$swarm" || true
+    unacked=$(grep -m1 "unacked at stop" "$run/swarm.log" | awk '{print $4}')
+    read -r _ acked _ failed < <(grep -m1 "^acked " "$run/swarm.log")
+    printf '%-14s %-6s %-12s %-10s %-8s %-10s\n' "$n" "$round" "$((joined - killed))" "$acked" "$failed" "$unacked"
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+  done
+done
