@@ -321,10 +321,10 @@ public final class Collaborator: Service, MessageRouting, Sendable {
                 for try await leader in follower.election.leaders() {
                     guard follower.learn(leader) else { continue }
                     self.logger.info("the election has a new leader", metadata: ["leader": "\(leader)"])
-                    if let session = self.client.currentSession, LeaderFollower.term(of: session) == leader.term {
-                        continue
+                    self.client.moveOn(reason: "moving to the leader of term \(leader.term)") { session in
+                        // Already with it (or a newer one).
+                        (LeaderFollower.term(of: session) ?? 0) >= leader.term
                     }
-                    self.client.moveOn(reason: "moving to the leader of term \(leader.term)")
                 }
             } catch is CancellationError {
                 return

@@ -162,6 +162,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         timeout: TimeAmount? = nil
     ) async throws -> Message {
         try await self.tracing.request(topic: topic, peer: nodeID) {
+            try self.requireServing()
             let session = try self.session(of: nodeID)
             return try await session.request(
                 topic: topic,
@@ -207,15 +208,18 @@ public final class Leader: Service, MessageRouting, Sendable {
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer
     ) async throws {
+        try self.requireServing()
         let session = try self.session(of: nodeID)
         try await session.send(topic: topic, headers: self.tracing.headers(headers, on: session), body: body)
     }
 
     /// Sends DATA to every connected collaborator without waiting on any of them; returns how
-    /// many took it (see `SecureMessagingServer.broadcast(topic:body:)`).
+    /// many took it (see `SecureMessagingServer.broadcast(topic:body:)`). With an election, only
+    /// while it leads (0 otherwise).
     @discardableResult
     public func broadcast(topic: String, body: ByteBuffer) -> Int {
-        self.server.broadcast(topic: topic, body: body)
+        guard self.isServing(at: .now) else { return 0 }
+        return self.server.broadcast(topic: topic, body: body)
     }
 
     private func session(of nodeID: String) throws -> Session {
@@ -277,10 +281,6 @@ public final class Leader: Service, MessageRouting, Sendable {
 
     private func serve(_ session: Session) async throws {
         guard let hello = session.peer else { return }
-        guard self.isServing(at: .now) else {
-            session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
-            return
-        }
         let nodeID = hello.nodeID
         if let allowed = self.configuration.allowList, !allowed.contains(nodeID) {
             self.logger.notice("refused a node not on the allow-list", metadata: ["node_id": "\(nodeID)"])
@@ -301,14 +301,34 @@ public final class Leader: Service, MessageRouting, Sendable {
             state: .active,
             sessionID: session.sessionID
         )
-        let replaced: Session? = self.state.withLockedValue { state in
+        // Admitted and recorded in one step, so a step-down either sees this session (and ends
+        // it) or comes first (and it is refused here).
+        let admission = self.state.withLockedValue { state -> (admitted: Bool, term: UInt64?, replaced: Session?) in
+            var term: UInt64?
+            if self.election != nil {
+                guard let leadership = state.leadership, ContinuousClock.now < leadership.validUntil else {
+                    return (false, nil, nil)
+                }
+                term = leadership.term
+            }
             let old = state.sessions[nodeID]
             state.sessions[nodeID] = session
             state.records[nodeID] = record
             state.goneSince[nodeID] = nil
-            return old
+            return (true, term, old)
         }
-        if let replaced {
+        guard admission.admitted else {
+            session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
+            return
+        }
+        let term = admission.term
+        if self.election != nil {
+            // Past the leadership's end on this process's clock, or once another term began,
+            // nothing more is taken from this session — not even ACKed (a leader that was frozen
+            // may run again before it has stepped down).
+            session.admitMessages { [weak self] in self?.isServing(at: .now, term: term) ?? false }
+        }
+        if let replaced = admission.replaced {
             replaced.fail(code: .goingAway, reason: "replaced by a newer connection")
             self.eventContinuation.yield(.left(nodeID: nodeID, reason: .replaced))
         }
@@ -323,17 +343,11 @@ public final class Leader: Service, MessageRouting, Sendable {
         var reason = LeaveReason.graceful
         // Handlers' failures are answered and logged by the router: only the end of the
         // connection ends this.
-        let ended = await self.router.serve(
-            session.messages.compactMap { message -> SessionMessage? in
-                // Past the leadership's end, on this process's clock, nothing more is handled
-                // (a leader that was frozen may run again before it has stepped down).
-                guard self.isServing(at: .now) else {
-                    session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
-                    return nil
-                }
-                return SessionMessage(message: message, session: session)
-            }
-        )
+        let ended = await self.router.serve(session.messages.map { SessionMessage(message: $0, session: session) })
+        if !self.isServing(at: .now, term: term) {
+            // The messages ended because the leadership did.
+            session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
+        }
         if let error = ended as? MessagingError {
             reason = error.errorCode == .timeout ? .timeout : .connectionLost(error.reason)
         } else if ended is CancellationError {
@@ -417,13 +431,21 @@ extension Leader {
         self.state.withLockedValue { $0.leadership }
     }
 
-    /// Whether the leader serves collaborators at `now`: always without an election; with one,
-    /// while it holds a leadership whose lease cannot have expired.
-    func isServing(at now: ContinuousClock.Instant) -> Bool {
+    /// Whether the leader serves collaborators at `now` (in `term`, when given): always without
+    /// an election; with one, while it holds a leadership (of that term) whose lease cannot
+    /// have expired.
+    func isServing(at now: ContinuousClock.Instant, term: UInt64? = nil) -> Bool {
         guard self.election != nil else { return true }
         return self.state.withLockedValue { state in
-            guard let leadership = state.leadership else { return false }
+            guard let leadership = state.leadership, term == nil || leadership.term == term else { return false }
             return now < leadership.validUntil
+        }
+    }
+
+    /// Throws unless the leader serves now (with an election: while it leads).
+    private func requireServing() throws {
+        guard self.isServing(at: .now) else {
+            throw MessagingError(.notConnected, "not the active leader")
         }
     }
 
@@ -444,14 +466,23 @@ extension Leader {
                 try? await Task.sleep(for: self.configuration.campaignRetryDelay)
                 continue
             }
+            if Task.isCancelled {
+                // Elected as the leader was shutting down: hand over at once.
+                await Self.resign(leadership, in: election)
+                return
+            }
             self.activate(leadership)
             let reason = await self.holdLeadership(leadership, in: election)
-            // Shutting down, the server says GOODBYE to everyone itself.
-            self.stepDown(leadership, reason: reason ?? "the leader is shutting down", failSessions: reason != nil)
-            await election.resign(leadership)
+            await Self.resign(leadership, in: election)
             if reason == nil || Task.isCancelled { return }
             try? await Task.sleep(for: self.configuration.campaignRetryDelay)
         }
+    }
+
+    /// Gives up `leadership` even when the calling task is cancelled (a leader shutting down
+    /// hands over at once instead of letting its lease run out).
+    private static func resign(_ leadership: Leadership, in election: any LeaderElection) async {
+        await Task { await election.resign(leadership) }.value
     }
 
     private func advertisedAddress() async throws -> String {
@@ -462,10 +493,16 @@ extension Leader {
         guard let host = address.ipAddress, let port = address.port else {
             throw LeaderElectionError("the leader listens on \(address), which has no host and port to advertise")
         }
+        if host == "0.0.0.0" || host == "::" {
+            throw LeaderElectionError(
+                "the leader listens on every address (\(host)): set the address to advertise to collaborators"
+            )
+        }
         return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
-    /// Serves `leadership` until it ends; returns why (`nil`: cancelled).
+    /// Serves `leadership` until it ends and steps down the moment it does — before waiting for
+    /// the watches to finish; returns why it ended (`nil`: cancelled, the leader shutting down).
     private func holdLeadership(_ leadership: Leadership, in election: any LeaderElection) async -> String? {
         await withTaskGroup(of: String?.self) { group in
             group.addTask {
@@ -498,8 +535,7 @@ extension Leader {
                 // whatever the election says (or cannot say).
                 while true {
                     guard let until = self.state.withLockedValue({ $0.leadership?.validUntil }) else { return nil }
-                    let now = ContinuousClock.now
-                    if now >= until {
+                    if ContinuousClock.now >= until {
                         return "the lease was not confirmed in time"
                     }
                     do {
@@ -509,9 +545,12 @@ extension Leader {
                     }
                 }
             }
-            let reason = await group.next() ?? nil
+            let first = await group.next() ?? nil
+            let reason = Task.isCancelled ? nil : first
+            // Shutting down, the server says GOODBYE to everyone itself.
+            self.stepDown(leadership, reason: reason ?? "the leader is shutting down", failSessions: reason != nil)
             group.cancelAll()
-            return Task.isCancelled ? nil : reason
+            return reason
         }
     }
 

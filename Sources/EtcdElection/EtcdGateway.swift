@@ -79,10 +79,17 @@ public enum EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Whether another member may answer where this one failed.
     var triesAnotherMember: Bool {
         switch self {
-        case .unreachable: true
-        // gRPC UNAVAILABLE, DEADLINE_EXCEEDED: the member has no leader or lost quorum.
-        case .server(let code, _): code == 14 || code == 4
-        case .badEndpoint, .badAnswer: false
+        case .unreachable: return true
+        case .server(let code, let message):
+            // gRPC UNAVAILABLE and DEADLINE_EXCEEDED, and the UNKNOWN errors that mean the
+            // same (the member has no leader, lost its quorum, or is stopping).
+            if code == 14 || code == 4 { return true }
+            let transient = [
+                "no leader", "leader changed", "request timed out", "context deadline exceeded",
+                "transport is closing", "server stopped", "not capable",
+            ]
+            return transient.contains { message.contains($0) }
+        case .badEndpoint, .badAnswer: return false
         }
     }
 }
@@ -128,7 +135,7 @@ final class EtcdGateway: Sendable {
             let answer = try await Self.withTimeout(timeout, path: path) {
                 // A streaming call (keepalive) answers one line; a unary one, a body.
                 let first = NIOLockedValueBox<ByteBuffer?>(nil)
-                let body = try await self.exchange(endpoint, path: path, body: body) { line in
+                let body = try await self.exchange(endpoint, path: path, body: body, within: timeout) { line in
                     first.withLockedValue { $0 = $0 ?? line }
                 }
                 return first.withLockedValue { $0 } ?? body
@@ -160,11 +167,13 @@ final class EtcdGateway: Sendable {
             let index = (first + offset) % self.endpoints.count
             let endpoint = self.endpoints[index]
             do {
-                let result = try await attempt(endpoint)
-                self.preferred.withLockedValue { $0 = index }
-                return result
+                return try await attempt(endpoint)
             } catch let error as EtcdError where error.triesAnotherMember {
                 try Task.checkCancellation()
+                // The next call starts with the next member: one that failed is not asked
+                // first again (it may be cut off from the others for a long while).
+                let next = (index + 1) % self.endpoints.count
+                self.preferred.withLockedValue { if $0 == index { $0 = next } }
                 self.logger.debug("etcd member failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
                 lastError = error
             }
@@ -178,15 +187,21 @@ final class EtcdGateway: Sendable {
         _ endpoint: EtcdEndpoint,
         path: String,
         body: ByteBuffer,
+        within timeout: Duration? = nil,
         onLine: @escaping @Sendable (ByteBuffer) async throws -> Void
     ) async throws -> ByteBuffer {
+        // A connect cannot be cancelled: it must not outlast the call's own timeout.
+        var connectTimeout = self.connectTimeout
+        if let timeout {
+            connectTimeout = min(connectTimeout, .nanoseconds(max(1, Int64(timeout / .nanoseconds(1)))))
+        }
         guard let transport = endpoint.secure ? self.secure : self.plain else {
             throw EtcdError.badEndpoint("\(endpoint)", "https needs a TLS configuration")
         }
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
             channel = try await ClientBootstrap(group: self.group)
-                .connectTimeout(self.connectTimeout)
+                .connectTimeout(connectTimeout)
                 .connect(host: endpoint.host, port: endpoint.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try transport.configure(channel, serverHostname: endpoint.host)
@@ -202,7 +217,8 @@ final class EtcdGateway: Sendable {
         do {
             return try await channel.executeThenClose { inbound, outbound in
                 var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
-                head.headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
+                let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
+                head.headers.add(name: "Host", value: "\(host):\(endpoint.port)")
                 head.headers.add(name: "Content-Type", value: "application/json")
                 head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
                 try await outbound.write(.head(head))
@@ -291,10 +307,17 @@ final class EtcdGateway: Sendable {
 
     private static func serverError(_ buffer: ByteBuffer, status: HTTPResponseStatus) -> EtcdError {
         let data = Data(buffer.readableBytesView)
-        if let failure = try? JSONDecoder().decode(GatewayUnaryError.self, from: data) {
+        // A unary call's error is flat; a streaming call's, nested (and it can come with a
+        // status other than 200 when nothing was streamed before it).
+        if let failure = try? JSONDecoder().decode(GatewayUnaryError.self, from: data), failure.code != nil {
             return .server(code: failure.code ?? 2, message: failure.message ?? failure.error ?? "HTTP \(status.code)")
         }
-        return .server(code: 2, message: "HTTP \(status.code) \(status.reasonPhrase)")
+        if let failure = try? JSONDecoder().decode(GatewayStreamError.self, from: data), let error = failure.error {
+            return .server(code: error.grpcCode ?? 2, message: error.message ?? "HTTP \(status.code)")
+        }
+        // 503 and 504 without a readable body: the member cannot serve now.
+        let code = status.code == 503 || status.code == 504 ? 14 : 2
+        return .server(code: code, message: "HTTP \(status.code) \(status.reasonPhrase)")
     }
 }
 

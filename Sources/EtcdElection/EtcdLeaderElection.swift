@@ -103,10 +103,13 @@ public final class EtcdLeaderElection: LeaderElection {
                 if let leadership = try await self.campaign(lease: id, ttl: ttl, sent: sent, address: address) {
                     return leadership
                 }
-                // The lease expired while waiting: campaign with a new one.
+                // The lease expired while waiting: campaign with a new one, after a pause.
                 await self.revoke(lease: id)
+                try await Task.sleep(for: .milliseconds(200))
             } catch {
-                await self.revoke(lease: id)
+                // Withdrawn (cancelled, or etcd failed): the candidacy goes with its lease, even
+                // from a cancelled task.
+                await Task { await self.revoke(lease: id) }.value
                 throw error
             }
         }
@@ -250,14 +253,14 @@ public final class EtcdLeaderElection: LeaderElection {
         await self.revoke(lease: key.lease.value)
     }
 
-    /// Revokes `lease` (its keys go with it), within two seconds; failures are only logged.
+    /// Revokes `lease` (its keys go with it); failures are only logged.
     private func revoke(lease: Int64) async {
         do {
             _ = try await self.gateway.call(
                 "/v3/lease/revoke",
                 LeaseIDRequest(ID: GatewayInt(lease)),
                 as: Empty.self,
-                timeout: .seconds(2)
+                timeout: self.callTimeout
             )
         } catch {
             self.logger.info("lease not revoked; it ends with its time to live", metadata: ["error": "\(error)"])
@@ -292,11 +295,33 @@ public final class EtcdLeaderElection: LeaderElection {
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                try await self.gateway.stream("/v3/election/observe", ElectionNameRequest(name: self.name)) {
-                    (answer: ObserveAnswer) in
-                    if let leader = Self.leader(answer.result?.kv) {
-                        continuation.yield(leader)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await self.gateway.stream("/v3/election/observe", ElectionNameRequest(name: self.name)) {
+                            (answer: ObserveAnswer) in
+                            if let leader = Self.leader(answer.result?.kv) {
+                                continuation.yield(leader)
+                            }
+                        }
                     }
+                    group.addTask {
+                        // A member cut off from the others keeps an observation open and says
+                        // nothing: ask for the leader once per lease too (through any member).
+                        while true {
+                            try await Task.sleep(for: .seconds(self.ttlSeconds))
+                            let answer = try? await self.gateway.call(
+                                "/v3/election/leader",
+                                ElectionNameRequest(name: self.name),
+                                as: LeaderResponse.self,
+                                timeout: self.callTimeout
+                            )
+                            if let leader = Self.leader(answer?.kv) {
+                                continuation.yield(leader)
+                            }
+                        }
+                    }
+                    defer { group.cancelAll() }
+                    try await group.next()
                 }
             } catch is CancellationError {
                 break

@@ -7,7 +7,9 @@ import NIOCore
 import SMSGTestSupport
 import Testing
 
-private func etcdElection(_ etcd: EtcdCluster, name: String, ttl: Int = 2) throws -> EtcdLeaderElection {
+/// Leases of 5 s where the test is not about timing: a stall of the test process (seconds,
+/// sometimes, on two shared cores) must not end a leadership the test relies on.
+private func etcdElection(_ etcd: EtcdCluster, name: String, ttl: Int = 5) throws -> EtcdLeaderElection {
     var configuration = EtcdElectionConfiguration(endpoints: etcd.clientURLs, electionName: name)
     configuration.leaseTTL = .seconds(ttl)
     return try EtcdLeaderElection(configuration: configuration)
@@ -23,9 +25,10 @@ struct EtcdElectionTests {
         let second = try etcdElection(etcd, name: "campaign")
         var leaders = first.leaders().makeAsyncIterator()
 
+        let started = ContinuousClock.now
         let won = try await first.campaign(address: "127.0.0.1:1001")
         #expect(won.address == "127.0.0.1:1001")
-        #expect(won.validUntil > .now)
+        #expect(won.validUntil > started)
         #expect(try await leaders.next() == ElectedLeader(term: won.term, address: "127.0.0.1:1001"))
 
         let waiting = Task { try await second.campaign(address: "127.0.0.1:1002") }
@@ -81,7 +84,9 @@ struct EtcdElectionTests {
             return (leader, Task { try await leader.run() })
         }
         let (first, firstRun) = try candidate()
-        await eventually("the first leader elected") { first.leadership != nil }
+        var firstEvents = first.leadershipEvents.makeAsyncIterator()
+        #expect(await firstEvents.next() == .standby)
+        #expect(await firstEvents.next() != nil)
         let (second, secondRun) = try candidate()
         var configuration = CollaboratorConfiguration(nodeID: "collab-1")
         configuration.session.heartbeatInterval = .milliseconds(200)
@@ -94,6 +99,7 @@ struct EtcdElectionTests {
         )
         let collaboratorRun = Task { try await collaborator.run() }
         let firstTerm = try #require(first.leadership?.term)
+        let revoked = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
         let count = 400
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -106,22 +112,56 @@ struct EtcdElectionTests {
                 // The first leader's lease is revoked in etcd: it loses the leadership abruptly.
                 let leadership = try #require(first.leadership)
                 await (try etcdElection(etcd, name: "acked")).resign(leadership)
+                revoked.withLockedValue { $0 = .now }
             }
             try await group.waitForAll()
         }
         #expect(Set(received.withLockedValue { $0 }) == Set((0..<count).map { "\($0)" }))
         let secondTerm = try #require(second.leadership?.term)
         #expect(secondTerm > firstTerm)
-        // The first leader heard at once (from the election, before its next renewal).
-        await eventually("the first leader stepped down") {
-            first.leadership == nil || first.leadership!.term > secondTerm
+        // The first leader heard it from etcd (its next renewal, or the election's news of
+        // the second), not by waiting out its 5-second lease.
+        guard case .steppedDown(term: firstTerm, _)? = await firstEvents.next() else {
+            Issue.record("the first leader did not step down")
+            return
         }
+        let steppedDown = ContinuousClock.now
+        #expect(steppedDown - revoked.withLockedValue { $0! } < .seconds(5))
         #expect(collaborator.highestTermSeen ?? 0 >= secondTerm)
         await collaborator.leave()
         try await collaboratorRun.value
         first.shutdown()
         second.shutdown()
         try await firstRun.value
+        try await secondRun.value
+    }
+
+    @Test("a leader that shuts down hands over at once: its lease is revoked, not left to expire")
+    func gracefulHandover() async throws {
+        let etcd = try await EtcdCluster()
+        func candidate() throws -> (Leader, Task<Void, any Error>) {
+            var configuration = LeaderConfiguration()
+            configuration.server.session.drainTimeout = .milliseconds(500)
+            // A lease far longer than the test may take to see the handover.
+            let leader = Leader(
+                configuration: configuration,
+                transport: try ClusterCertificates.leaderTransport(),
+                logger: quiet,
+                election: try etcdElection(etcd, name: "handover", ttl: 60)
+            )
+            return (leader, Task { try await leader.run() })
+        }
+        let (first, firstRun) = try candidate()
+        await eventually("the first elected") { first.leadership != nil }
+        let (second, secondRun) = try candidate()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(second.leadership == nil)
+        let stopped = ContinuousClock.now
+        first.shutdown()
+        try await firstRun.value
+        await eventually("the second elected", timeout: .seconds(30)) { second.leadership != nil }
+        #expect(ContinuousClock.now - stopped < .seconds(30))
+        second.shutdown()
         try await secondRun.value
     }
 
@@ -137,14 +177,21 @@ struct EtcdElectionTests {
             election: try etcdElection(etcd, name: "three")
         )
         let running = Task { try await leader.run() }
+        let events = NIOLockedValueBox<[LeadershipEvent]>([])
+        let recording = Task {
+            for await event in leader.leadershipEvents {
+                events.withLockedValue { $0.append(event) }
+            }
+        }
         await eventually("elected") { leader.leadership != nil }
         let term = try #require(leader.leadership?.term)
         // The member every call tries first goes.
-        etcd.kill(member: 0)
-        // Three times the lease's time to live: a leader that could not renew would have
+        await etcd.kill(member: 0)
+        // Longer than the lease's time to live: a leader that could not renew would have
         // stepped down by now.
-        try await Task.sleep(for: .seconds(6))
+        try await Task.sleep(for: .seconds(7))
         #expect(leader.leadership?.term == term)
+        #expect(events.withLockedValue { $0 } == [.standby, .elected(term: term)])
         // A collaborator that starts now still finds the leader through the other members.
         var collaboratorConfiguration = CollaboratorConfiguration(nodeID: "collab-1")
         collaboratorConfiguration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20))
@@ -160,5 +207,6 @@ struct EtcdElectionTests {
         try await collaboratorRun.value
         leader.shutdown()
         try await running.value
+        await recording.value
     }
 }

@@ -28,8 +28,8 @@ struct LeaderFailoverTests {
     }
 
     /// The value of `name` on the metrics page at `port`.
-    static func metric(_ name: String, port: Int) -> Double? {
-        guard let page = httpGet(port: port, path: "/metrics") else { return nil }
+    static func metric(_ name: String, port: Int) async -> Double? {
+        guard let page = await httpGetOffPool(port: port, path: "/metrics") else { return nil }
         for line in page.split(separator: "\n") where line.hasPrefix("\(name) ") {
             return Double(line.dropFirst(name.count + 1))
         }
@@ -90,14 +90,15 @@ struct LeaderFailoverTests {
         defer {
             for process in collaborators + [active, standby] { process.terminate() }
         }
-        await eventually("the standby's gauge at 0") { Self.metric("smsg_leader_active", port: metricsPort) == 0 }
+        await eventually("the standby's gauge at 0") { await Self.metric("smsg_leader_active", port: metricsPort) == 0 }
         active.signal(SIGKILL)
         await standby.waitForOutput(containing: "elected term=", timeout: 30)
         let next = try #require(Self.electedTerm(standby.output))
         #expect(next > term)
         await eventually("the new leader's gauges") {
-            Self.metric("smsg_leader_active", port: metricsPort) == 1
-                && Self.metric("smsg_leader_term", port: metricsPort) == Double(next)
+            let active = await Self.metric("smsg_leader_active", port: metricsPort)
+            let term = await Self.metric("smsg_leader_term", port: metricsPort)
+            return active == 1 && term == Double(next)
         }
         for id in ["collab-1", "collab-2"] {
             await standby.waitForOutput(containing: "joined \(id)", timeout: 30)
@@ -146,7 +147,7 @@ struct LeaderFailoverTests {
         defer { collaborator.terminate() }
         await leader.waitForOutput(containing: "joined collab-1", timeout: 30)
         let killed = ContinuousClock.now
-        etcd.kill(member: 0)
+        await etcd.kill(member: 0)
         await leader.waitForOutput(
             containing: "stepped down term=\(term): the lease was not confirmed in time",
             timeout: 10

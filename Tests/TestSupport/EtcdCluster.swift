@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -60,7 +61,7 @@ public final class EtcdCluster: Sendable {
         self.directory = directory
         let deadline = ContinuousClock.now + .seconds(30)
         for port in clientPorts {
-            while !Self.isHealthy(port: port) {
+            while await httpGetOffPool(port: port, path: "/health")?.contains("{\"health\":\"true\"}") != true {
                 guard ContinuousClock.now < deadline else {
                     let output = self.members.withLockedValue { $0.compactMap { $0?.output }.joined(separator: "\n") }
                     self.stop()
@@ -75,8 +76,8 @@ public final class EtcdCluster: Sendable {
         self.stop()
     }
 
-    /// Kills member `index` at once (SIGKILL).
-    public func kill(member index: Int) {
+    /// Kills member `index` (SIGKILL) and returns once it is gone.
+    public func kill(member index: Int) async {
         let member = self.members.withLockedValue { members in
             defer { members[index] = nil }
             return members[index]
@@ -85,23 +86,27 @@ public final class EtcdCluster: Sendable {
         member.signal(SIGKILL)
         let deadline = ContinuousClock.now + .seconds(5)
         while member.isRunning, ContinuousClock.now < deadline {
-            usleep(5_000)
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 
-    /// Kills every member and removes the data.
+    /// Kills every member (without waiting) and removes the data.
     public func stop() {
-        for index in self.clientPorts.indices {
-            self.kill(member: index)
+        let members = self.members.withLockedValue { members in
+            defer { members = members.map { _ in nil } }
+            return members
+        }
+        for member in members {
+            member?.signal(SIGKILL)
         }
         try? FileManager.default.removeItem(atPath: self.directory)
     }
+}
 
-    /// `GET /health` answers `{"health":"true"}`.
-    static func isHealthy(port: Int) -> Bool {
-        guard let answer = httpGet(port: port, path: "/health") else { return false }
-        return answer.contains("{\"health\":\"true\"}")
-    }
+/// ``httpGet(port:path:)`` on NIO's thread pool: it blocks, and the cooperative pool has only
+/// as many threads as cores.
+public func httpGetOffPool(port: Int, path: String) async -> String? {
+    try? await NIOThreadPool.singleton.runIfActive { httpGet(port: port, path: path) }
 }
 
 public struct EtcdClusterError: Error, CustomStringConvertible {

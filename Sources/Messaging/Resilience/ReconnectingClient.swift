@@ -582,8 +582,12 @@ public final class ReconnectingClient: Service, Sendable {
     /// connects again without waiting out a backoff: for when the client learns that another
     /// server is now the one to use. Messages sent with ACK requested and not yet ACKed go
     /// again on the next connection.
-    package func moveOn(reason: String) {
-        let (session, waiter) = self.state.withLockedValue { state in
+    ///
+    /// - Parameter keep: decides, for the session open at that moment, to stay on it after all
+    ///   (it is already with the right server); nothing happens then.
+    package func moveOn(reason: String, unless keep: @Sendable (Session) -> Bool = { _ in false }) {
+        let (session, waiter): (Session?, CheckedContinuation<Void, Never>?) = self.state.withLockedValue { state in
+            if let session = state.session, keep(session) { return (nil, nil) }
             defer { state.nudgeWaiter = nil }
             if state.nudgeWaiter == nil {
                 state.nudged = true

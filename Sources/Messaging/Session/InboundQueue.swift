@@ -19,6 +19,8 @@ final class InboundQueue: Sendable {
         var waiter: CheckedContinuation<Message?, any Error>?
         var finished = false
         var failure: (any Error)?
+        /// Whether the application may take messages now (see ``admit(while:)``).
+        var admits: (@Sendable () -> Bool)?
     }
 
     private let state: NIOLockedValueBox<State>
@@ -51,24 +53,36 @@ final class InboundQueue: Sendable {
         1 + message.topic.utf8.count + message.body.readableBytes
     }
 
+    /// From now on, messages are taken only while `condition` holds: when it does not, the
+    /// sequence ends (`nil`) with the message left untaken — so not ACKed. `condition` is
+    /// called under the queue's lock: it must be quick and must not touch the session.
+    func admit(while condition: @escaping @Sendable () -> Bool) {
+        self.state.withLockedValue { $0.admits = condition }
+    }
+
     /// Queues a message (or hands it straight to a waiting consumer) and says what the sender
     /// must be told.
     func push(_ message: Message) -> PushResult {
         let size = Self.size(of: message)
-        let (waiter, result): (CheckedContinuation<Message?, any Error>?, PushResult) = self.state.withLockedValue {
-            state in
-            guard !state.finished else { return (nil, .queued) }
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return (waiter, .queued)
+        let (waiter, handedOver, result): (CheckedContinuation<Message?, any Error>?, Bool, PushResult) = self.state
+            .withLockedValue { state in
+                guard !state.finished else { return (nil, false, .queued) }
+                var refused: CheckedContinuation<Message?, any Error>?
+                if let waiter = state.waiter {
+                    state.waiter = nil
+                    guard let admits = state.admits, !admits() else { return (waiter, true, .queued) }
+                    // Not admitted: the consumer's sequence ends, the message stays.
+                    refused = waiter
+                }
+                state.buffer.append(message)
+                self.gauge?.increment(by: Double(size))
+                return (refused, false, state.watermarks.pushed(size: size))
             }
-            state.buffer.append(message)
-            self.gauge?.increment(by: Double(size))
-            return (nil, state.watermarks.pushed(size: size))
-        }
-        if let waiter {
-            waiter.resume(returning: message)
+        if handedOver {
+            waiter?.resume(returning: message)
             self.onConsume(message, false)
+        } else {
+            waiter?.resume(returning: nil)
         }
         return result
     }
@@ -114,6 +128,7 @@ final class InboundQueue: Sendable {
             case wait
         }
         let immediate: Immediate = self.state.withLockedValue { state in
+            if !state.buffer.isEmpty, let admits = state.admits, !admits() { return .end }
             if let (message, resume) = self.pop(&state) { return .message(message, resume) }
             if state.finished {
                 if let failure = state.failure { return .failure(failure) }
@@ -135,6 +150,7 @@ final class InboundQueue: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Message?, any Error>) in
                 let resumeNow: (Result<Message?, any Error>, Bool)? = self.state.withLockedValue { state in
+                    if !state.buffer.isEmpty, let admits = state.admits, !admits() { return (.success(nil), false) }
                     if let (message, resume) = self.pop(&state) { return (.success(message), resume) }
                     if state.finished {
                         return (state.failure.map { .failure($0) } ?? .success(nil), false)

@@ -57,6 +57,14 @@ public final class Session: Sendable {
     /// The messages received, in order.
     public var messages: InboundMessages { InboundMessages(queue: self.inbound) }
 
+    /// From now on the application takes messages only while `condition` holds: when it does
+    /// not, ``messages`` ends and the message stays untaken — not ACKed, so the sender sends it
+    /// again elsewhere. For a leader that must not take anything once its leadership has ended.
+    /// `condition` runs under the queue's lock: quick, and without touching the session.
+    package func admitMessages(while condition: @escaping @Sendable () -> Bool) {
+        self.inbound.admit(while: condition)
+    }
+
     let inbound: InboundQueue
     /// Kept up to date by the handler, read by `trySend` from any thread.
     let sendBlocked = Atomic<Bool>(false)
