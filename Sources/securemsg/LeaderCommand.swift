@@ -112,6 +112,12 @@ struct LeaderCommand: AsyncParsableCommand {
         if settings.advertise != nil, settings.election == nil {
             throw ValidationError("advertise is for an election: give the etcd endpoints too (--etcd)")
         }
+        let wildcard = settings.listen.host == "0.0.0.0" || settings.listen.host == "::"
+        if settings.election != nil, settings.advertise == nil, wildcard {
+            throw ValidationError(
+                "listening on \(settings.listen) in an election: give advertise, the address collaborators reach (--advertise HOST:PORT)"
+            )
+        }
         settings.effective.set("advertise", settings.advertise.map { "\($0)" })
         return settings
     }

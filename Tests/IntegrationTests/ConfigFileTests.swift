@@ -98,6 +98,25 @@ struct ConfigFileTests {
             #expect(status != 0, "\(arguments)")
             #expect(output.contains(message), "\(arguments): \(output)")
         }
+        let leader = [
+            "leader", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key", "--ca", "\(certs)/ca.pem",
+        ]
+        let leaderCases: [([String], String)] = [
+            (["--advertise", "10.0.0.1:7443"], "advertise is for an election"),
+            (
+                ["--etcd", "http://127.0.0.1:2379", "--election", "g", "--listen", "0.0.0.0:7443"],
+                "give advertise, the address collaborators reach"
+            ),
+            (
+                ["--etcd", "http://127.0.0.1:2379", "--election", "g", "--listen", "[::]:7443"],
+                "give advertise, the address collaborators reach"
+            ),
+        ]
+        for (arguments, message) in leaderCases {
+            let (status, output) = try await Self.run(leader + arguments + ["--print-config"])
+            #expect(status != 0, "\(arguments)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
     }
 
     @Test("a collaborator config file with every option round-trips through --print-config")
