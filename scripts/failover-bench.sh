@@ -2,7 +2,9 @@
 # Failover time on one machine: etcd on loopback, two leaders (--lease-ttl 2), and one swarm
 # process of N collaborators following the election, each sending an acknowledged message
 # every 500 ms. The active leader is SIGKILLed; the time is from the kill to every collaborator
-# having a session with the new leader (its term in their HELLO), as the swarm sees it.
+# having a session with the new leader (its term in their HELLO), as the swarm sees it; on the
+# way, when the new leader printed "elected", and when the first and half of the collaborators
+# were on its term.
 # Afterwards the swarm reports the acknowledged sends, those that failed, and those still
 # unacknowledged when it stopped (in flight, not lost: they are kept until ACKed).
 #
@@ -37,7 +39,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf '%-14s %-6s %-12s %-10s %-8s %-10s\n' collaborators round failover_ms acked failed unacked_at_stop
+printf '%-14s %-6s %-11s %-9s %-8s %-12s %-8s %-7s %-10s\n' collaborators round elected_ms first_ms half_ms failover_ms \
+  acked failed unacked_at_stop
 for n in "${counts[@]}"; do
   for round in $(seq "$ROUNDS"); do
     run="$work/$n-$round"
@@ -62,22 +65,34 @@ for n in "${counts[@]}"; do
     exec 7>"$run/stdin"
     wait_for "$run/swarm.log" "all $n on term" 300
     first=$(grep -m1 "all $n on term" "$run/swarm.log" | awk '{print $5}')
-    if grep -q "elected term=$first\$" "$run/leader-a.log"; then active=$leader_a; else active=$leader_b; fi
+    if grep -q "elected term=$first\$" "$run/leader-a.log"; then
+      active=$leader_a standby=b
+    else
+      active=$leader_b standby=a
+    fi
     sleep "$SETTLE"
     killed=$(now_ms)
     { kill -9 "$active" && wait "$active"; } 2>/dev/null || true
     deadline=$((SECONDS + 300))
+    elected=""
     until grep "all $n on term" "$run/swarm.log" | grep -qv "term $first "; do
       [ "$SECONDS" -lt "$deadline" ] || { echo "no takeover within 300 s" >&2; tail "$run/swarm.log" >&2; exit 1; }
+      if [ -z "$elected" ] && grep -q "elected term=" "$run/leader-$standby.log"; then elected=$(now_ms); fi
       sleep 0.05
     done
-    joined=$(grep "all $n on term" "$run/swarm.log" | grep -v "term $first " | head -1 | awk '{print $7}')
+    [ -n "$elected" ] || elected=$(now_ms)
+    # "WHAT on term T at MS": the first line of WHAT for a term other than the first.
+    at() { grep "^$1 on term" "$run/swarm.log" | grep -v "term $first " | head -1 | awk '{print $NF}'; }
+    joined=$(at "all $n")
+    first_on=$(at first)
+    half_on=$(at half)
     sleep "$SETTLE"
     exec 7>&-
     wait "$swarm" || true
     unacked=$(grep -m1 "unacked at stop" "$run/swarm.log" | awk '{print $4}')
     read -r _ acked _ failed < <(grep -m1 "^acked " "$run/swarm.log")
-    printf '%-14s %-6s %-12s %-10s %-8s %-10s\n' "$n" "$round" "$((joined - killed))" "$acked" "$failed" "$unacked"
+    printf '%-14s %-6s %-11s %-9s %-8s %-12s %-8s %-7s %-10s\n' "$n" "$round" "$((elected - killed))" \
+      "$((first_on - killed))" "$((half_on - killed))" "$((joined - killed))" "$acked" "$failed" "$unacked"
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
   done

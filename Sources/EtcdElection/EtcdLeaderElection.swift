@@ -41,6 +41,7 @@ public final class EtcdLeaderElection: LeaderElection {
     private let gateway: EtcdGateway
     private let logger: Logger
     private let ttlSeconds: Int64
+    private let readers = LeaderReaders()
 
     /// - Throws: ``EtcdError`` when an endpoint is not a usable URL, there is none, or the
     ///   lease time to live is under one second.
@@ -277,20 +278,16 @@ public final class EtcdLeaderElection: LeaderElection {
 
     // MARK: - Following
 
+    /// Readers of one instance share one observation of etcd (a process running many
+    /// collaborators asks etcd once, not once each); a reader that comes later is told the
+    /// current leader at once. The observation ends with its last reader.
     public func leaders() -> AsyncThrowingStream<ElectedLeader, any Error> {
-        let (stream, continuation) = AsyncThrowingStream.makeStream(
-            of: ElectedLeader.self,
-            bufferingPolicy: .bufferingNewest(16)
-        )
-        // The observation lives as long as its reader: ending the stream cancels it.
-        let observation = Task {
-            await self.observe(into: continuation)
+        self.readers.add { offer in
+            Task { await self.observe(offer: offer) }
         }
-        continuation.onTermination = { _ in observation.cancel() }
-        return stream
     }
 
-    private func observe(into continuation: AsyncThrowingStream<ElectedLeader, any Error>.Continuation) async {
+    private func observe(offer: @escaping @Sendable (ElectedLeader) -> Void) async {
         var failures = 0
         while !Task.isCancelled {
             let started = ContinuousClock.now
@@ -299,9 +296,7 @@ public final class EtcdLeaderElection: LeaderElection {
                     group.addTask {
                         try await self.gateway.stream("/v3/election/observe", ElectionNameRequest(name: self.name)) {
                             (answer: ObserveAnswer) in
-                            if let leader = Self.leader(answer.result?.kv) {
-                                continuation.yield(leader)
-                            }
+                            if let leader = Self.leader(answer.result?.kv) { offer(leader) }
                         }
                     }
                     group.addTask {
@@ -315,9 +310,7 @@ public final class EtcdLeaderElection: LeaderElection {
                                 as: LeaderResponse.self,
                                 timeout: self.callTimeout
                             )
-                            if let leader = Self.leader(answer?.kv) {
-                                continuation.yield(leader)
-                            }
+                            if let leader = Self.leader(answer?.kv) { offer(leader) }
                         }
                     }
                     defer { group.cancelAll() }
@@ -332,12 +325,77 @@ public final class EtcdLeaderElection: LeaderElection {
             failures = ContinuousClock.now - started > .seconds(5) ? 1 : failures + 1
             try? await Task.sleep(for: .milliseconds(min(2_000, 100 * failures)))
         }
-        continuation.finish()
     }
 
     private static func leader(_ kv: KeyValue?) -> ElectedLeader? {
         guard let kv, let revision = kv.create_revision?.value, revision > 0, let value = kv.value else { return nil }
         return ElectedLeader(term: UInt64(revision), address: value.text)
+    }
+}
+
+/// The readers of ``EtcdLeaderElection/leaders()``, told each leader once, in order of term:
+/// the poll and a renewed observation report the one already told, and a poll answered just
+/// before an election can arrive after it.
+private final class LeaderReaders: Sendable {
+    private struct State {
+        var readers: [Int: AsyncThrowingStream<ElectedLeader, any Error>.Continuation] = [:]
+        var nextID = 0
+        var latest: ElectedLeader?
+        var observation: Task<Void, Never>?
+        /// Which observation may offer: one cancelled may still answer, and is not heard.
+        var generation = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// A new reader; `observe` starts the observation, given where to offer what it sees,
+    /// when the reader is the only one.
+    func add(
+        observe: (@escaping @Sendable (ElectedLeader) -> Void) -> Task<Void, Never>
+    ) -> AsyncThrowingStream<ElectedLeader, any Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(
+            of: ElectedLeader.self,
+            bufferingPolicy: .bufferingNewest(16)
+        )
+        let id = self.state.withLockedValue { state in
+            let id = state.nextID
+            state.nextID += 1
+            state.readers[id] = continuation
+            if let latest = state.latest {
+                continuation.yield(latest)
+            }
+            if state.observation == nil {
+                let generation = state.generation
+                state.observation = observe { self.offer($0, generation: generation) }
+            }
+            return id
+        }
+        continuation.onTermination = { _ in self.remove(id) }
+        return stream
+    }
+
+    private func remove(_ id: Int) {
+        let ended: Task<Void, Never>? = self.state.withLockedValue { state in
+            state.readers[id] = nil
+            guard state.readers.isEmpty else { return nil }
+            defer {
+                state.observation = nil
+                state.latest = nil
+                state.generation += 1
+            }
+            return state.observation
+        }
+        ended?.cancel()
+    }
+
+    private func offer(_ leader: ElectedLeader, generation: Int) {
+        self.state.withLockedValue { state in
+            guard generation == state.generation, leader.term > state.latest?.term ?? 0 else { return }
+            state.latest = leader
+            for continuation in state.readers.values {
+                continuation.yield(leader)
+            }
+        }
     }
 }
 

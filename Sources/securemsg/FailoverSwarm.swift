@@ -94,14 +94,23 @@ struct FailoverSwarm: AsyncParsableCommand {
                 }
             }
             group.addTask {
-                var reported: Set<UInt64> = []
+                // For each term: when the first collaborator was on it, when half were, and
+                // when all were.
+                var reported: Set<String> = []
+                func report(_ what: String, _ term: UInt64) {
+                    guard reported.insert("\(what) \(term)").inserted else { return }
+                    let now = Int64(Date().timeIntervalSince1970 * 1000)
+                    print("\(what) on term \(term) at \(now)")
+                    fflush(nil)
+                }
                 while !Task.isCancelled {
                     let terms = collaborators.map { $0.session?.peer?.metadata["term"].flatMap { UInt64($0) } }
-                    if let first = terms.first ?? nil, !reported.contains(first), terms.allSatisfy({ $0 == first }) {
-                        reported.insert(first)
-                        let now = Int64(Date().timeIntervalSince1970 * 1000)
-                        print("all \(collaborators.count) on term \(first) at \(now)")
-                        fflush(nil)
+                    var counts: [UInt64: Int] = [:]
+                    for case let term? in terms { counts[term, default: 0] += 1 }
+                    for (term, count) in counts.sorted(by: { $0.key < $1.key }) {
+                        report("first", term)
+                        if 2 * count >= collaborators.count { report("half", term) }
+                        if count == collaborators.count { report("all \(collaborators.count)", term) }
                     }
                     try? await Task.sleep(for: .milliseconds(10))
                 }

@@ -44,6 +44,95 @@ struct EtcdElectionTests {
         await #expect(throws: LeaderElectionError.self) { try await holding.value }
     }
 
+    @Test("each leader is told once, though the follower also asks for it once per lease")
+    func eachLeaderOnce() async throws {
+        let etcd = try await EtcdCluster()
+        let candidates = try etcdElection(etcd, name: "once")
+        // A follower on one-second leases asks for the leader every second, besides observing.
+        var leaders = try etcdElection(etcd, name: "once", ttl: 1).leaders().makeAsyncIterator()
+        let first = try await candidates.campaign(address: "127.0.0.1:1001")
+        #expect(try await leaders.next() == ElectedLeader(term: first.term, address: "127.0.0.1:1001"))
+        // Three polls, each answered with the same leader.
+        try await Task.sleep(for: .milliseconds(3_500))
+        await candidates.resign(first)
+        let second = try await candidates.campaign(address: "127.0.0.1:1002")
+        #expect(try await leaders.next() == ElectedLeader(term: second.term, address: "127.0.0.1:1002"))
+        await candidates.resign(second)
+    }
+
+    @Test("readers of one election share its observation: a later one is told the current leader at once")
+    func sharedReaders() async throws {
+        let etcd = try await EtcdCluster()
+        let candidates = try etcdElection(etcd, name: "shared")
+        let follower = try etcdElection(etcd, name: "shared")
+        let first = try await candidates.campaign(address: "127.0.0.1:1001")
+        var early: AsyncThrowingStream<ElectedLeader, any Error>.AsyncIterator? = follower.leaders().makeAsyncIterator()
+        #expect(try await early?.next() == ElectedLeader(term: first.term, address: "127.0.0.1:1001"))
+        var late = follower.leaders().makeAsyncIterator()
+        #expect(try await late.next() == ElectedLeader(term: first.term, address: "127.0.0.1:1001"))
+        // The first reader goes; the observation carries on for the other.
+        early = nil
+        await candidates.resign(first)
+        let second = try await candidates.campaign(address: "127.0.0.1:1002")
+        #expect(try await late.next() == ElectedLeader(term: second.term, address: "127.0.0.1:1002"))
+        await candidates.resign(second)
+        let third = try await candidates.campaign(address: "127.0.0.1:1003")
+        #expect(try await late.next() == ElectedLeader(term: third.term, address: "127.0.0.1:1003"))
+        await candidates.resign(third)
+    }
+
+    @Test("a collaborator refuses a leader whose term is lower than the one etcd gave for its address")
+    func lowerTermRefused() async throws {
+        let etcd = try await EtcdCluster()
+        // A leader elected in its own election: an older term...
+        var leaderConfiguration = LeaderConfiguration()
+        leaderConfiguration.server.session.drainTimeout = .milliseconds(500)
+        let stale = Leader(
+            configuration: leaderConfiguration,
+            transport: try ClusterCertificates.leaderTransport(),
+            logger: quiet,
+            election: try etcdElection(etcd, name: "stale")
+        )
+        let staleRun = Task { try await stale.run() }
+        await eventually("the stale leader elected") { stale.leadership != nil }
+        let staleTerm = try #require(stale.leadership?.term)
+        let port = try await stale.listeningAddress().port!
+        // ...at the address that the collaborator's election, later, gives a newer term.
+        let followed = try etcdElection(etcd, name: "followed")
+        let current = try await followed.campaign(address: "127.0.0.1:\(port)")
+        #expect(current.term > staleTerm)
+        var configuration = CollaboratorConfiguration(nodeID: "collab-1")
+        configuration.reconnect = ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(300))
+        let collaborator = Collaborator(
+            election: try etcdElection(etcd, name: "followed"),
+            transport: try await ClusterCertificates.collaboratorTransport("collab-1"),
+            serverHostname: "localhost",
+            configuration: configuration
+        )
+        var events = collaborator.events.makeAsyncIterator()
+        let collaboratorRun = Task { try await collaborator.run() }
+        var refusal: String?
+        var connected = false
+        while let event = await events.next() {
+            if case .connected = event {
+                connected = true
+            }
+            if case .disconnected(let error?) = event {
+                refusal = error.reason
+                break
+            }
+        }
+        #expect(refusal == "the leader's term \(staleTerm) is lower than term \(current.term), already seen")
+        #expect(!connected)
+        #expect(collaborator.session == nil)
+        #expect(collaborator.highestTermSeen == current.term)
+        await collaborator.leave()
+        try await collaboratorRun.value
+        await followed.resign(current)
+        stale.shutdown()
+        try await staleRun.value
+    }
+
     @Test("the lease is renewed: validUntil moves on while the leadership is held")
     func renewals() async throws {
         let etcd = try await EtcdCluster()
