@@ -33,9 +33,16 @@ if [ "$(ulimit -n)" -lt "$need" ]; then ulimit -n "$need" 2>/dev/null || ulimit 
 work=$(mktemp -d "${TMPDIR:-/tmp}/smsg-failover.XXXXXX")
 pids=()
 cleanup() {
+  status=$?
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ "$status" -ne 0 ]; then
+    rm -rf "${TMPDIR:-/tmp}/smsg-failover-failed"
+    mv "$work" "${TMPDIR:-/tmp}/smsg-failover-failed"
+    echo "logs kept in ${TMPDIR:-/tmp}/smsg-failover-failed" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 
@@ -64,7 +71,10 @@ for n in "${counts[@]}"; do
     swarm=$!
     exec 7>"$run/stdin"
     wait_for "$run/swarm.log" "all $n on term" 300
-    first=$(grep -m1 "all $n on term" "$run/swarm.log" | awk '{print $5}')
+    # Lines read "WHAT on term T at MS"; startup may already have seen more than one term, so
+    # the term before the kill is the one all were on last.
+    term_of() { awk '{for (i = 1; i < NF; i++) if ($i == "term") print $(i + 1)}'; }
+    first=$(grep "all $n on term" "$run/swarm.log" | tail -1 | term_of)
     if grep -q "elected term=$first\$" "$run/leader-a.log"; then
       active=$leader_a standby=b
     else
@@ -75,14 +85,22 @@ for n in "${counts[@]}"; do
     { kill -9 "$active" && wait "$active"; } 2>/dev/null || true
     deadline=$((SECONDS + 300))
     elected=""
-    until grep "all $n on term" "$run/swarm.log" | grep -qv "term $first "; do
+    # The first line of WHAT for a term above the one before the kill: its time.
+    at() {
+      grep "^$1 on term" "$run/swarm.log" | awk -v first="$first" \
+        '{for (i = 1; i < NF; i++) if ($i == "term" && $(i + 1) + 0 > first + 0) {print $NF; exit}}'
+    }
+    # Whether the standby leader has printed "elected term=N" with N above the one before the kill.
+    elected_after() {
+      sed -n 's/^.*elected term=\([0-9][0-9]*\).*$/\1/p' "$run/leader-$standby.log" |
+        awk -v first="$first" '$1 + 0 > first + 0 {found = 1} END {exit !found}'
+    }
+    until [ -n "$(at "all $n")" ]; do
       [ "$SECONDS" -lt "$deadline" ] || { echo "no takeover within 300 s" >&2; tail "$run/swarm.log" >&2; exit 1; }
-      if [ -z "$elected" ] && grep -q "elected term=" "$run/leader-$standby.log"; then elected=$(now_ms); fi
+      if [ -z "$elected" ] && elected_after; then elected=$(now_ms); fi
       sleep 0.05
     done
     [ -n "$elected" ] || elected=$(now_ms)
-    # "WHAT on term T at MS": the first line of WHAT for a term other than the first.
-    at() { grep "^$1 on term" "$run/swarm.log" | grep -v "term $first " | head -1 | awk '{print $NF}'; }
     joined=$(at "all $n")
     first_on=$(at first)
     half_on=$(at half)

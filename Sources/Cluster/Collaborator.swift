@@ -84,8 +84,16 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// (nor a server that announces none). Acknowledged sends not yet acknowledged go again to
     /// the new leader.
     ///
-    /// - Parameter serverHostname: the name every leader's certificate must carry; `nil`: the
-    ///   host of the elected leader's address.
+    /// - Parameters:
+    ///   - election: the election to follow, e.g. an `EtcdLeaderElection`.
+    ///   - transport: how to reach each leader (TLS with this collaborator's certificate).
+    ///   - serverHostname: the name every leader's certificate must carry; `nil`: the host of
+    ///     the elected leader's address.
+    ///   - configuration: identity, heartbeats, reconnection and limits.
+    ///   - group: the event loops of the connections.
+    ///   - logger: where connection changes and failovers are logged.
+    ///   - tracer: the tracer of sends and handlers; `nil`: the global one.
+    ///   - coder: the coder of typed messages.
     public convenience init(
         election: any LeaderElection,
         transport: any MessagingTransport,

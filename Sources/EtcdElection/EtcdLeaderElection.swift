@@ -4,7 +4,7 @@ public import Logging
 public import Messaging
 import NIOConcurrencyHelpers
 public import NIOCore
-public import NIOPosix
+import NIOPosix
 
 /// Settings of an ``EtcdLeaderElection``.
 public struct EtcdElectionConfiguration: Sendable {
@@ -32,7 +32,7 @@ public struct EtcdElectionConfiguration: Sendable {
 /// candidate holds a lease, campaigns in etcd's election service, and leads while its lease
 /// lives; the term is the revision at which its key was made, so it grows with every election.
 ///
-/// A leader renews its lease four times per time to live. ``Leadership/validUntil`` is the
+/// A leader renews its lease four times per time to live. `Leadership.validUntil` is the
 /// instant a renewal was *sent* plus four fifths of the time to live: before it, etcd cannot
 /// have let the lease expire, whatever happened since. Endpoints are tried in turn from the
 /// last one that answered, so losing an etcd member changes nothing while a quorum remains.
@@ -43,11 +43,22 @@ public final class EtcdLeaderElection: LeaderElection {
     private let ttlSeconds: Int64
     private let readers = LeaderReaders()
 
+    /// One event loop of its own for the calls to etcd of every election in the process, by
+    /// default: a leader's renewals must not wait in line behind the TLS handshakes of a crowd
+    /// of collaborators joining it on the shared loops.
+    public static let defaultEventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+    /// Makes an election client; nothing is sent to etcd until it is used.
+    ///
+    /// - Parameters:
+    ///   - configuration: the etcd endpoints, the election's name, the lease's time to live.
+    ///   - group: where the calls to etcd run; ``defaultEventLoopGroup`` unless given.
+    ///   - logger: where failed calls, failovers between members and lost leases are logged.
     /// - Throws: ``EtcdError`` when an endpoint is not a usable URL, there is none, or the
     ///   lease time to live is under one second.
     public init(
         configuration: EtcdElectionConfiguration,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        group: any EventLoopGroup = EtcdLeaderElection.defaultEventLoopGroup,
         logger: Logger = Logger(label: "smsg.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         guard !configuration.endpoints.isEmpty else {
@@ -222,30 +233,61 @@ public final class EtcdLeaderElection: LeaderElection {
     }
 
     /// Renews `lease` every quarter of its time to live until cancelled; throws
-    /// ``LeaderElectionError`` when etcd says the lease is gone. Failed renewals are logged
-    /// and tried again: the holder's clock decides when they have failed for too long.
+    /// ``LeaderElectionError`` when etcd says the lease is gone. Renewals go out on that
+    /// cadence whether or not the last one was answered (a slow answer, from a busy etcd or
+    /// machine, must not hold back the next: one late answer would otherwise leave a gap longer
+    /// than the lease's margin); each answer confirms from the time its request was sent.
+    /// Failures are logged: the holder's clock decides when they have failed for too long.
     private func renew(lease: Int64, confirmed: @escaping @Sendable (ContinuousClock.Instant) -> Void) async throws {
-        while true {
-            try await Task.sleep(for: self.renewInterval)
-            let sent = ContinuousClock.now
-            let answer: LeaseKeepAliveAnswer
-            do {
-                answer = try await self.gateway.call(
-                    "/v3/lease/keepalive",
-                    LeaseIDRequest(ID: GatewayInt(lease)),
-                    as: LeaseKeepAliveAnswer.self,
-                    // A late answer still confirms from when it was sent; waiting longer than
-                    // the interval only delays the next try.
-                    timeout: self.renewInterval * 2
-                )
-            } catch let error as EtcdError {
-                self.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
-                continue
+        enum Step: Sendable {
+            case tick
+            case answered
+        }
+        try await withThrowingTaskGroup(of: Step.self) { group in
+            // The body waits on the group, so a lost lease (a child throwing) or cancellation
+            // ends it at once; a tick is a child that sleeps one interval.
+            group.addTask {
+                try await Task.sleep(for: self.renewInterval)
+                return .tick
             }
-            guard let ttl = answer.result?.TTL?.value, ttl > 0 else {
-                throw LeaderElectionError("the lease expired (etcd no longer knows it)")
+            var inFlight = 0
+            while let step = try await group.next() {
+                guard case .tick = step else {
+                    inFlight -= 1
+                    continue
+                }
+                group.addTask {
+                    try await Task.sleep(for: self.renewInterval)
+                    return .tick
+                }
+                // At most one time to live's worth of renewals outstanding.
+                guard inFlight < 4 else {
+                    self.logger.warning("lease renewals unanswered; waiting for one before sending more")
+                    continue
+                }
+                inFlight += 1
+                let sent = ContinuousClock.now
+                group.addTask {
+                    let answer: LeaseKeepAliveAnswer
+                    do {
+                        answer = try await self.gateway.call(
+                            "/v3/lease/keepalive",
+                            LeaseIDRequest(ID: GatewayInt(lease)),
+                            as: LeaseKeepAliveAnswer.self,
+                            // A late answer still confirms from when it was sent.
+                            timeout: self.renewInterval * 4
+                        )
+                    } catch let error as EtcdError {
+                        self.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+                        return .answered
+                    }
+                    guard let ttl = answer.result?.TTL?.value, ttl > 0 else {
+                        throw LeaderElectionError("the lease expired (etcd no longer knows it)")
+                    }
+                    confirmed(self.validUntil(sentAt: sent, ttl: ttl))
+                    return .answered
+                }
             }
-            confirmed(self.validUntil(sentAt: sent, ttl: ttl))
         }
     }
 
@@ -399,7 +441,7 @@ private final class LeaderReaders: Sendable {
     }
 }
 
-/// The latest ``Leadership/validUntil`` confirmed while campaigning.
+/// The latest `Leadership.validUntil` confirmed while campaigning.
 private final class ConfirmedUntil: Sendable {
     private let box: NIOLockedValueBox<ContinuousClock.Instant>
 

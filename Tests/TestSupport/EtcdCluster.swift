@@ -23,6 +23,11 @@ public final class EtcdCluster: Sendable {
 
     /// Starts `size` members and returns once every one of them is healthy.
     public init(members size: Int = 1) async throws {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        guard path.split(separator: ":").contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/etcd") })
+        else {
+            throw EtcdClusterError(message: "etcd is not installed: scripts/ensure-deps.sh installs etcd-server")
+        }
         // In memory where the system has it: etcd syncs every write, and a disk shared with a
         // whole test run makes that slow.
         let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
