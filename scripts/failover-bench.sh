@@ -71,24 +71,25 @@ for n in "${counts[@]}"; do
     swarm=$!
     exec 7>"$run/stdin"
     wait_for "$run/swarm.log" "all $n on term" 300
+    sleep "$SETTLE"
     # Lines read "WHAT on term T at MS"; startup may already have seen more than one term, so
-    # the term before the kill is the one all were on last.
-    term_of() { awk '{for (i = 1; i < NF; i++) if ($i == "term") print $(i + 1)}'; }
-    first=$(grep "all $n on term" "$run/swarm.log" | tail -1 | term_of)
+    # the term before the kill is the one all were on last, read just before the kill.
+    first=$(awk '/^all [0-9]+ on term / {for (i = 1; i < NF; i++) if ($i == "term") t = $(i + 1)} END {print t}' \
+      "$run/swarm.log")
     if grep -q "elected term=$first\$" "$run/leader-a.log"; then
       active=$leader_a standby=b
     else
       active=$leader_b standby=a
     fi
-    sleep "$SETTLE"
     killed=$(now_ms)
     { kill -9 "$active" && wait "$active"; } 2>/dev/null || true
     deadline=$((SECONDS + 300))
     elected=""
     # The first line of WHAT for a term above the one before the kill: its time.
     at() {
-      grep "^$1 on term" "$run/swarm.log" | awk -v first="$first" \
-        '{for (i = 1; i < NF; i++) if ($i == "term" && $(i + 1) + 0 > first + 0) {print $NF; exit}}'
+      awk -v what="$1 on term " -v first="$first" \
+        'index($0, what) == 1 && t == "" {for (i = 1; i < NF; i++) if ($i == "term" && $(i + 1) + 0 > first + 0) t = $NF}
+         END {print t}' "$run/swarm.log"
     }
     # Whether the standby leader has printed "elected term=N" with N above the one before the kill.
     elected_after() {
@@ -107,7 +108,12 @@ for n in "${counts[@]}"; do
     sleep "$SETTLE"
     exec 7>&-
     wait "$swarm" || true
-    unacked=$(grep -m1 "unacked at stop" "$run/swarm.log" | awk '{print $4}')
+    if ! grep -q "^acked " "$run/swarm.log"; then
+      echo "the swarm stopped without its counts" >&2
+      tail "$run/swarm.log" >&2
+      exit 1
+    fi
+    unacked=$(awk '/^unacked at stop/ {print $4; exit}' "$run/swarm.log")
     read -r _ acked _ failed < <(grep -m1 "^acked " "$run/swarm.log")
     printf '%-14s %-6s %-11s %-9s %-8s %-12s %-8s %-7s %-10s\n' "$n" "$round" "$((elected - killed))" \
       "$((first_on - killed))" "$((half_on - killed))" "$((joined - killed))" "$acked" "$failed" "$unacked"

@@ -45,20 +45,22 @@ public final class EtcdLeaderElection: LeaderElection {
 
     /// One event loop of its own for the calls to etcd of every election in the process, by
     /// default: a leader's renewals must not wait in line behind the TLS handshakes of a crowd
-    /// of collaborators joining it on the shared loops.
-    public static let defaultEventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// of collaborators joining it on the shared loops. Never shut down.
+    private static let ownEventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     /// Makes an election client; nothing is sent to etcd until it is used.
     ///
     /// - Parameters:
     ///   - configuration: the etcd endpoints, the election's name, the lease's time to live.
-    ///   - group: where the calls to etcd run; ``defaultEventLoopGroup`` unless given.
+    ///   - group: where the calls to etcd run; `nil`: one event loop shared by the elections
+    ///     of the process and used by nothing else, so that a leader's renewals never wait
+    ///     behind the TLS handshakes of collaborators joining it.
     ///   - logger: where failed calls, failovers between members and lost leases are logged.
     /// - Throws: ``EtcdError`` when an endpoint is not a usable URL, there is none, or the
     ///   lease time to live is under one second.
     public init(
         configuration: EtcdElectionConfiguration,
-        group: any EventLoopGroup = EtcdLeaderElection.defaultEventLoopGroup,
+        group: (any EventLoopGroup)? = nil,
         logger: Logger = Logger(label: "smsg.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         guard !configuration.endpoints.isEmpty else {
@@ -77,7 +79,7 @@ public final class EtcdLeaderElection: LeaderElection {
         self.gateway = EtcdGateway(
             endpoints: try configuration.endpoints.map(EtcdEndpoint.init),
             tls: configuration.tls,
-            group: group,
+            group: group ?? Self.ownEventLoopGroup,
             connectTimeout: .nanoseconds(
                 configuration.connectTimeout.components.seconds * 1_000_000_000
                     + configuration.connectTimeout.components.attoseconds / 1_000_000_000
@@ -274,9 +276,12 @@ public final class EtcdLeaderElection: LeaderElection {
                             "/v3/lease/keepalive",
                             LeaseIDRequest(ID: GatewayInt(lease)),
                             as: LeaseKeepAliveAnswer.self,
-                            // A late answer still confirms from when it was sent.
-                            timeout: self.renewInterval * 4
+                            // Per member: a stalled one leaves time to ask another before
+                            // the last confirmation runs out (four fifths of the lease).
+                            timeout: self.renewInterval * 2
                         )
+                    } catch let error as EtcdError where error.isLeaseNotFound {
+                        throw LeaderElectionError("the lease expired (etcd no longer knows it)")
                     } catch let error as EtcdError {
                         self.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                         return .answered
