@@ -164,6 +164,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "CommandTests",
+            dependencies: ["securemsg"]
+        ),
+        .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "Messaging",

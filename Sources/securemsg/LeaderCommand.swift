@@ -4,6 +4,7 @@ import EtcdElection
 import Foundation
 import Logging
 import Messaging
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 import SecureTransport
@@ -176,6 +177,8 @@ struct LeaderCommand: AsyncParsableCommand {
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         let interactive = isatty(STDOUT_FILENO) == 1
+        // On a terminal the table is redrawn every second: what would be printed goes under it.
+        let screen = LiveScreen(interactive: interactive)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             tasks.addTask {
@@ -185,34 +188,31 @@ struct LeaderCommand: AsyncParsableCommand {
                     do {
                         let context = try leader.reloadTLS()
                         let fingerprint = context.localCertificate?.sha256FingerprintHex ?? "none"
-                        print("TLS reloaded: certificate SHA-256 \(fingerprint)")
+                        screen.say("TLS reloaded: certificate SHA-256 \(fingerprint)")
                     } catch let error as TLSError {
-                        print("TLS reload refused (the previous certificate stays in use): \(error.reason)")
+                        screen.say("TLS reload refused (the previous certificate stays in use): \(error.reason)")
                     }
-                    fflush(nil)
                 }
             }
             tasks.addTask {
                 for await event in leader.leadershipEvents {
-                    print(Self.describe(event))
-                    fflush(nil)
+                    screen.say(Self.describe(event))
                 }
                 // Ended with the leader: wait for the others.
                 try await Task.sleep(for: .seconds(1_000_000_000))
             }
             tasks.addTask {
                 let bound = try await leader.listeningAddress()
-                print("listening on \(address.host):\(bound.port ?? address.port)")
-                fflush(nil)
-                if interactive {
+                screen.setHeader("listening on \(address.host):\(bound.port ?? address.port)")
+                for await event in leader.events {
+                    screen.say(MembershipTable.line(for: event))
+                }
+            }
+            if interactive {
+                tasks.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .seconds(1))
-                        print(MembershipTable.render(leader.collaborators), terminator: "")
-                        fflush(nil)
-                    }
-                } else {
-                    for await event in leader.events {
-                        print(MembershipTable.line(for: event))
+                        print(screen.render(table: MembershipTable.render(leader.collaborators)), terminator: "")
                         fflush(nil)
                     }
                 }
@@ -262,16 +262,16 @@ enum MembershipTable {
         }
     }
 
+    /// The table of `records`, a heading line and a line each.
     static func render(_ records: [CollaboratorRecord]) -> String {
-        var text = "\u{1B}[H\u{1B}[2J"
-        text +=
+        var text =
             "id".padding(toLength: 20, withPad: " ", startingAt: 0)
             + "state".padding(toLength: 9, withPad: " ", startingAt: 0)
             + "status".padding(toLength: 16, withPad: " ", startingAt: 0)
             + "rtt".padding(toLength: 12, withPad: " ", startingAt: 0) + "last seen\n"
         let now = ContinuousClock.now
         for record in records {
-            let rtt = record.roundTrip.map { "\($0.components.attoseconds / 1_000_000_000_000) ms" } ?? "-"
+            let rtt = record.roundTrip.map(Self.describe(roundTrip:)) ?? "-"
             let seen = now - record.lastSeen
             text +=
                 record.nodeID.padding(toLength: 20, withPad: " ", startingAt: 0)
@@ -279,6 +279,71 @@ enum MembershipTable {
                 + (record.status ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0)
                 + rtt.padding(toLength: 12, withPad: " ", startingAt: 0)
                 + "\(seen.components.seconds) s ago\n"
+        }
+        return text
+    }
+
+    /// A round trip in milliseconds, with the precision a person reads: "0.84 ms", "12.3 ms",
+    /// "1250 ms".
+    static func describe(roundTrip: Duration) -> String {
+        let milliseconds =
+            Double(roundTrip.components.seconds) * 1_000 + Double(roundTrip.components.attoseconds) / 1e15
+        switch milliseconds {
+        case ..<10: return String(format: "%.2f ms", milliseconds)
+        case ..<1_000: return String(format: "%.1f ms", milliseconds)
+        default: return "\(Int(milliseconds.rounded())) ms"
+        }
+    }
+}
+
+/// What the leader tells its operator. Printed line by line when stdout is not a terminal; on
+/// a terminal the membership table is redrawn every second, so the listening address stays
+/// on top and the latest lines stay under the table instead of being cleared away.
+final class LiveScreen: Sendable {
+    private struct State {
+        var header: String?
+        var recent: [String] = []
+    }
+
+    /// How many of the latest lines stay on screen under the table.
+    static let recentLines = 10
+    private let interactive: Bool
+    private let state = NIOLockedValueBox(State())
+
+    init(interactive: Bool) {
+        self.interactive = interactive
+    }
+
+    /// The line shown above the table (printed at once, too).
+    func setHeader(_ line: String) {
+        self.state.withLockedValue { $0.header = line }
+        print(line)
+        fflush(nil)
+    }
+
+    /// Prints `line`, or on a terminal keeps it for the next redraw.
+    func say(_ line: String) {
+        guard self.interactive else {
+            print(line)
+            fflush(nil)
+            return
+        }
+        self.state.withLockedValue { state in
+            state.recent.append(line)
+            if state.recent.count > Self.recentLines {
+                state.recent.removeFirst(state.recent.count - Self.recentLines)
+            }
+        }
+    }
+
+    /// The whole screen: cleared, the header, `table`, then the latest lines.
+    func render(table: String) -> String {
+        let (header, recent) = self.state.withLockedValue { ($0.header, $0.recent) }
+        var text = "\u{1B}[H\u{1B}[2J"
+        if let header { text += header + "\n\n" }
+        text += table
+        if !recent.isEmpty {
+            text += "\n" + recent.joined(separator: "\n") + "\n"
         }
         return text
     }
