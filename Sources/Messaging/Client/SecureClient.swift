@@ -2,6 +2,12 @@ public import Logging
 public import NIOCore
 public import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A client connection to an smsg/1 server.
 ///
 /// ```swift
@@ -93,7 +99,7 @@ public final class SecureClient: Sendable {
                 session = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
             }
         } catch {
-            throw MessagingError(.connectFailed, "cannot connect to \(host):\(port): \(error)")
+            throw MessagingError(.connectFailed, describeConnectFailure(error, host: host, port: port))
         }
         do {
             try await withTaskCancellationHandler {
@@ -143,4 +149,34 @@ public final class SecureClient: Sendable {
     public func close() async {
         await self.session.close()
     }
+}
+
+/// One readable line for a failed TCP connect: "connection refused by 127.0.0.1:7443" rather
+/// than the socket error's own text.
+func describeConnectFailure(_ error: any Error, host: String, port: Int) -> String {
+    let target = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    // A name with several addresses: each one's failure; they are usually alike.
+    if let failures = error as? NIOConnectionError {
+        if let first = failures.connectionErrors.first {
+            return describeConnectFailure(first.error, host: host, port: port)
+        }
+        if failures.dnsAError != nil || failures.dnsAAAAError != nil {
+            return "cannot resolve \(host)"
+        }
+        return "no address for \(host)"
+    }
+    if let error = error as? IOError {
+        switch error.errnoCode {
+        case ECONNREFUSED: return "connection refused by \(target)"
+        case ETIMEDOUT: return "no answer from \(target) (timed out)"
+        case EHOSTUNREACH: return "\(target) is unreachable (no route to the host)"
+        case ENETUNREACH: return "\(target) is unreachable (no route to its network)"
+        case ECONNRESET: return "connection reset by \(target)"
+        default: return "cannot connect to \(target): \(String(cString: strerror(error.errnoCode)))"
+        }
+    }
+    if case ChannelError.connectTimeout(let timeout) = error {
+        return "no answer from \(target) within \(timeout.nanoseconds / 1_000_000) ms"
+    }
+    return "cannot connect to \(target): \(error)"
 }
