@@ -9,6 +9,8 @@ import SecureTransport
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// `securemsg soak`: a leader in a `soak-leader` child process, and collaborators in
@@ -231,7 +233,12 @@ final class LineProcess: Sendable {
     var isRunning: Bool { self.process.isRunning }
 
     func kill(_ signal: Int32) {
+        // The C function, not this method (same name).
+        #if canImport(Glibc)
         _ = Glibc.kill(self.process.processIdentifier, signal)
+        #elseif canImport(Darwin)
+        _ = Darwin.kill(self.process.processIdentifier, signal)
+        #endif
     }
 
     func closeInput() {
