@@ -197,6 +197,28 @@ struct ConfigFileTests {
         #expect(notJSON.contains("is not valid JSON"))
     }
 
+    @Test("a failure once running is one line and exit 1; arguments that do not parse get the usage; --version")
+    func failureLines() async throws {
+        let certs = BenchServerTests.certificates
+        let (status, output) = try await Self.run([
+            "leader", "--listen", "127.0.0.1:0", "--cert", "/nonexistent/leader.pem", "--key",
+            "/nonexistent/leader.key", "--ca", "\(certs)/ca.pem",
+        ])
+        // Once: exit 64 and the whole usage after the error.
+        #expect(status == 1)
+        #expect(
+            output
+                == "Error: TLS configuration refused: cannot open the certificate chain file /nonexistent/leader.pem\n",
+            "\(output)"
+        )
+        let (parseStatus, parseOutput) = try await Self.run(["leader", "--bogus"])
+        #expect(parseStatus == 64)
+        #expect(parseOutput.contains("Unknown option '--bogus'") && parseOutput.contains("Usage:"), "\(parseOutput)")
+        let (versionStatus, version) = try await Self.run(["--version"])
+        #expect(versionStatus == 0)
+        #expect(version.hasPrefix("securemsg "), "\(version)")
+    }
+
     @Test("a leader runs from a config file alone")
     func leaderFromFile() async throws {
         let certs = BenchServerTests.certificates
