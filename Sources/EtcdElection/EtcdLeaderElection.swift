@@ -270,9 +270,10 @@ public final class EtcdLeaderElection: LeaderElection {
                 inFlight += 1
                 let sent = ContinuousClock.now
                 group.addTask {
-                    let answer: LeaseKeepAliveAnswer
+                    // etcd says a lease is gone with a zero time to live, or with an error.
+                    let ttl: Int64
                     do {
-                        answer = try await self.gateway.call(
+                        let answer = try await self.gateway.call(
                             "/v3/lease/keepalive",
                             LeaseIDRequest(ID: GatewayInt(lease)),
                             as: LeaseKeepAliveAnswer.self,
@@ -280,13 +281,14 @@ public final class EtcdLeaderElection: LeaderElection {
                             // the last confirmation runs out (four fifths of the lease).
                             timeout: self.renewInterval * 2
                         )
+                        ttl = answer.result?.TTL?.value ?? 0
                     } catch let error as EtcdError where error.isLeaseNotFound {
-                        throw LeaderElectionError("the lease expired (etcd no longer knows it)")
+                        ttl = 0
                     } catch let error as EtcdError {
                         self.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                         return .answered
                     }
-                    guard let ttl = answer.result?.TTL?.value, ttl > 0 else {
+                    guard ttl > 0 else {
                         throw LeaderElectionError("the lease expired (etcd no longer knows it)")
                     }
                     confirmed(self.validUntil(sentAt: sent, ttl: ttl))
