@@ -7,6 +7,8 @@ public final class ChildProcess: Sendable {
     private let process: Process
     private let input: Pipe
     private let collected = NIOLockedValueBox("")
+    /// Whether the output pipe reached its end (every writer closed it).
+    private let outputEnded = NIOLockedValueBox(false)
 
     /// Starts `executable` with `arguments`, and `environment` added to the inherited one.
     public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
@@ -20,9 +22,13 @@ public final class ChildProcess: Sendable {
         process.standardOutput = output
         process.standardError = output
         let collected = self.collected
+        let outputEnded = self.outputEnded
         output.fileHandleForReading.readabilityHandler = { handle in
             let data = handle.availableData
-            if !data.isEmpty {
+            if data.isEmpty {
+                outputEnded.withLockedValue { $0 = true }
+                handle.readabilityHandler = nil
+            } else {
                 collected.withLockedValue { $0 += String(decoding: data, as: UTF8.self) }
             }
         }
@@ -88,7 +94,15 @@ public final class ChildProcess: Sendable {
     public func waitForExit(timeout: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) async -> Int32? {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < deadline {
-            if !self.process.isRunning { return self.process.terminationStatus }
+            if !self.process.isRunning {
+                // What it wrote just before exiting may not have been read yet: wait for the
+                // pipe's end, for a while (another child may have inherited its writing end).
+                let drained = ContinuousClock.now + .seconds(2)
+                while !self.outputEnded.withLockedValue({ $0 }), ContinuousClock.now < drained {
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+                return self.process.terminationStatus
+            }
             try? await Task.sleep(for: .milliseconds(10))
         }
         self.terminate()
