@@ -290,7 +290,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         let now = ContinuousClock.now
         let record = CollaboratorRecord(
             nodeID: nodeID,
-            certificateIdentity: session.peerCertificate?.identity,
+            certificateIdentity: session.peerIdentity,
             remoteAddress: session.remoteAddress.map { "\($0)" },
             role: hello.role,
             connectedSince: now,

@@ -181,7 +181,7 @@ public final class Router: Sendable {
         return HandlerContext(
             session: session,
             nodeID: nodeID,
-            certificateIdentity: session.peerCertificate?.identity,
+            certificateIdentity: session.peerIdentity,
             headers: message.headers,
             deadline: deadline,
             logger: logger,

@@ -302,6 +302,7 @@ public final class SecureMessagingServer: Service, Sendable {
             session: session,
             waitsForReadyEvent: self.transport.isSecure,
             requireCertificateIdentity: config.requireCertificateIdentity,
+            identityMapping: config.identityMapping,
             rejection: rejection,
             metrics: self.metrics,
             receiver: self.receiverFactory?(session),

@@ -1,4 +1,5 @@
 import NIOCore
+public import SecureTransport
 
 /// Settings of a ``SecureMessagingServer``.
 public struct ServerConfiguration: Sendable, Hashable {
@@ -17,8 +18,11 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// The most connections served at once; one more gets ERROR SERVER_BUSY.
     public var maxConnections: Int = 10_000
     /// With TLS client certificates: refuse (UNAUTHORIZED) a client whose HELLO `node_id` is
-    /// not its certificate's identity (first SAN DNS name, else subject CN).
+    /// not its certificate's identity (see ``identityMapping``).
     public var requireCertificateIdentity: Bool = false
+    /// How a client certificate names its node: the first SAN DNS name (else the subject CN)
+    /// by default; a URI SAN such as a SPIFFE ID, the CN only, or your own closure.
+    public var identityMapping: IdentityMapping = .firstDNSName
 
     public init(host: String = "127.0.0.1", port: Int = 0) {
         self.host = host

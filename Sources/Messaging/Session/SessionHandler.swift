@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import NIOCore
+import SecureTransport
 import Synchronization
 
 /// Carries out a ``SessionStateMachine`` on a channel: feeds it the bytes, frames, timers and
@@ -26,6 +27,8 @@ final class SessionHandler: ChannelDuplexHandler {
     @exclusivity(unchecked) var io = IOState()
     let session: Session
     let waitsForReadyEvent: Bool
+    /// How the peer's certificate names its node.
+    var identityMapping: IdentityMapping = .firstDNSName
     let metrics: MessagingMetrics?
     var logger: Logger
     /// Takes messages on the event loop instead of the inbound queue, when set.
@@ -80,6 +83,7 @@ final class SessionHandler: ChannelDuplexHandler {
         session: Session,
         waitsForReadyEvent: Bool,
         requireCertificateIdentity: Bool = false,
+        identityMapping: IdentityMapping = .firstDNSName,
         rejection: ProtocolViolation? = nil,
         metrics: MessagingMetrics? = nil,
         receiver: (any MessageReceiver)? = nil,
@@ -103,6 +107,7 @@ final class SessionHandler: ChannelDuplexHandler {
             receiver: receiver,
             logger: logger
         )
+        self.identityMapping = identityMapping
     }
 
     init(
@@ -165,6 +170,8 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     private func transportReady(_ ready: TransportReady, context: ChannelHandlerContext) {
+        var ready = ready
+        ready.peerIdentity = ready.tls?.peerCertificate.flatMap { self.identityMapping.identity(of: $0) }
         let now = context.eventLoop.now
         switch self.machine.transportReady(peerIdentity: ready.peerIdentity, now: now) {
         case .none:

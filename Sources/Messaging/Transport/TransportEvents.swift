@@ -6,8 +6,8 @@ import SecureTransport
 /// The session code sees transports only through this and ``TransportFailure``: TLS stays
 /// below the transport.
 struct TransportReady: Sendable {
-    /// The identity the transport authenticated for the peer (its certificate's first SAN DNS
-    /// name, or subject CN), if any.
+    /// The identity the transport authenticated for the peer (what its certificate names
+    /// under the session's ``IdentityMapping``), if any.
     var peerIdentity: String?
     /// What the TLS handshake agreed on, for a TLS connection.
     var tls: TLSHandshakeInfo?
@@ -34,7 +34,7 @@ protocol TransportFailureEvent: Error {
 
 extension TLSHandshakeCompleted: TransportReadyEvent {
     var transportReady: TransportReady {
-        TransportReady(peerIdentity: self.info.peerCertificate?.identity, tls: self.info)
+        TransportReady(tls: self.info)
     }
 }
 

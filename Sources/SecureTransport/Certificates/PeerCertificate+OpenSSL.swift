@@ -1,6 +1,23 @@
 internal import COpenSSL
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 extension PeerCertificate {
+    /// Reads the first certificate in PEM text, to see what it holds.
+    ///
+    /// - Parameter pem: One or more certificates in PEM; the first is read.
+    /// - Throws: ``TLSError`` with code ``TLSError/Code/invalidCertificate`` when the text holds
+    ///   no certificate.
+    public init(pem: String) throws {
+        let certificates = try PEMReader.certificates(from: .bytes(Array(pem.utf8)), what: "certificate")
+        defer { PEMReader.free(certificates) }
+        self.init(x509: certificates[0])
+    }
+
     /// Reads the fields of an OpenSSL `X509`. Does not take ownership.
     init(x509 certificate: OpaquePointer) {
         self.init(
@@ -12,7 +29,10 @@ extension PeerCertificate {
             sha256Fingerprint: Self.fingerprint(of: certificate),
             derBytes: Self.der(of: certificate)
         )
-        (self.dnsNames, self.ipAddresses) = Self.alternativeNames(of: certificate)
+        (self.dnsNames, self.ipAddresses, self.uris) = Self.alternativeNames(of: certificate)
+        self.serialNumber = Self.serialNumber(of: certificate)
+        self.notValidBefore = Self.date(X509_get0_notBefore(certificate))
+        self.notValidAfter = Self.date(X509_get0_notAfter(certificate))
         TLSError.clearErrorQueue()
     }
 
@@ -49,12 +69,33 @@ extension PeerCertificate {
         return String(decoding: UnsafeBufferPointer(start: out, count: Int(length)), as: UTF8.self)
     }
 
-    private static func alternativeNames(of certificate: OpaquePointer) -> ([String], [String]) {
-        guard let raw = X509_get_ext_d2i(certificate, NID_subject_alt_name, nil, nil) else { return ([], []) }
+    private static func serialNumber(of certificate: OpaquePointer) -> String {
+        guard let serial = X509_get0_serialNumber(certificate), let number = ASN1_INTEGER_to_BN(serial, nil) else {
+            return ""
+        }
+        defer { BN_free(number) }
+        guard let hex = BN_bn2hex(number) else { return "" }
+        defer { CRYPTO_free(hex, #fileID, #line) }
+        return String(cString: hex)
+    }
+
+    /// An ASN.1 time as a date: its distance from the Unix epoch, as OpenSSL computes it.
+    private static func date(_ time: UnsafePointer<ASN1_TIME>?) -> Date {
+        guard let time, let epoch = ASN1_TIME_set(nil, 0) else { return Date(timeIntervalSince1970: 0) }
+        defer { ASN1_STRING_free(epoch) }
+        var days: Int32 = 0
+        var seconds: Int32 = 0
+        guard ASN1_TIME_diff(&days, &seconds, epoch, time) == 1 else { return Date(timeIntervalSince1970: 0) }
+        return Date(timeIntervalSince1970: Double(days) * 86_400 + Double(seconds))
+    }
+
+    private static func alternativeNames(of certificate: OpaquePointer) -> ([String], [String], [String]) {
+        guard let raw = X509_get_ext_d2i(certificate, NID_subject_alt_name, nil, nil) else { return ([], [], []) }
         let names = OpaquePointer(raw)
         defer { smsg_GENERAL_NAMES_free(names) }
         var dns: [String] = []
         var addresses: [String] = []
+        var uris: [String] = []
         for index in 0..<smsg_sk_GENERAL_NAME_num(names) {
             guard let name = smsg_sk_GENERAL_NAME_value(names, index),
                 let value = smsg_GENERAL_NAME_string(name)
@@ -67,11 +108,13 @@ extension PeerCertificate {
                 if let text = Self.ipAddressText(bytes) {
                     addresses.append(text)
                 }
+            case GEN_URI:
+                uris.append(String(decoding: bytes, as: UTF8.self))
             default:
                 continue
             }
         }
-        return (dns, addresses)
+        return (dns, addresses, uris)
     }
 
     private static func ipAddressText(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {

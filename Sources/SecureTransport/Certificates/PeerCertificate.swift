@@ -1,3 +1,9 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
 /// The peer's leaf certificate as seen after a handshake: who it names and how to pin it.
 public struct PeerCertificate: Sendable, Hashable {
     /// The subject distinguished name in RFC 2253 form, e.g. `CN=collab-1`.
@@ -10,14 +16,23 @@ public struct PeerCertificate: Sendable, Hashable {
     public var dnsNames: [String]
     /// The IP addresses among the subject alternative names, in text form.
     public var ipAddresses: [String]
+    /// The URIs among the subject alternative names (SPIFFE IDs, for example), in certificate order.
+    public var uris: [String] = []
+    /// The serial number in upper-case hex, without leading zeros.
+    public var serialNumber: String = ""
+    /// The start of the validity period.
+    public var notValidBefore = Date(timeIntervalSince1970: 0)
+    /// The end of the validity period.
+    public var notValidAfter = Date(timeIntervalSince1970: 0)
     /// The SHA-256 digest of the DER certificate.
     public var sha256Fingerprint: [UInt8]
     /// The certificate in DER.
     public var derBytes: [UInt8]
 
-    /// The identity smsg/1 binds a node to: the first SAN DNS name, else the subject CN.
+    /// The identity smsg/1 binds a node to by default: the first SAN DNS name, else the subject
+    /// CN (``IdentityMapping/firstDNSName``).
     public var identity: String? {
-        self.dnsNames.first ?? self.commonName
+        IdentityMapping.firstDNSName.identity(of: self)
     }
 
     /// The fingerprint as colon-separated upper-case hex, as `openssl x509 -fingerprint` prints it.
@@ -46,6 +61,7 @@ public struct TLSHandshakeInfo: Sendable, Hashable {
 extension PeerCertificate: CustomStringConvertible {
     public var description: String {
         "PeerCertificate(subject: \(self.subject), issuer: \(self.issuer), dns: \(self.dnsNames), "
-            + "ip: \(self.ipAddresses), sha256: \(self.sha256FingerprintHex))"
+            + "ip: \(self.ipAddresses), uri: \(self.uris), serial: \(self.serialNumber), "
+            + "sha256: \(self.sha256FingerprintHex))"
     }
 }
