@@ -11,19 +11,33 @@ struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a leader and three collaborators over mutual TLS on 127.0.0.1, step by step.",
         discussion: """
-            Makes the test certificates if they are missing (scripts/gen-certs.sh), then shows the \
+            Makes a certificate authority and certificates for the leader and each collaborator \
+            (in a temporary directory, or in --certs where missing), then shows the \
             collaborators joining, a status change, a broadcast, requests both ways, one collaborator's \
             connection killed and the collaborator rejoining by itself, and a graceful shutdown.
             """
     )
 
-    @Option(help: "Directory with the certificates made by scripts/gen-certs.sh.")
-    var certs: String = "certs"
+    @Option(
+        help: """
+            A directory for ca.pem/key, leader.pem/key and collab-1…3.pem/key; what is missing is \
+            made there (default: a temporary directory, removed afterwards).
+            """
+    )
+    var certs: String?
 
     func run() async throws {
-        try self.ensureCertificates()
+        let certs: String
+        if let directory = self.certs {
+            certs = directory
+        } else {
+            certs = FileManager.default.temporaryDirectory.appendingPathComponent("securemsg-demo-\(UUID())").path
+        }
+        defer {
+            if self.certs == nil { try? FileManager.default.removeItem(atPath: certs) }
+        }
+        try Self.ensureCertificates(in: certs)
         let logger = Logger(label: "securemsg.demo", factory: { _ in SwiftLogNoOpLogHandler() })
-        let certs = self.certs
 
         step("1. a leader on 127.0.0.1, mutual TLS, node_id bound to the client certificate")
         var configuration = LeaderConfiguration(host: "127.0.0.1", port: 0)
@@ -127,19 +141,24 @@ struct Demo: AsyncParsableCommand {
         print("demo: done")
     }
 
-    private func ensureCertificates() throws {
-        let required = ["ca.pem", "leader.pem", "leader.key", "collab-1.pem", "collab-2.pem", "collab-3.pem"]
-        if required.allSatisfy({ FileManager.default.fileExists(atPath: "\(self.certs)/\($0)") }) { return }
-        let script = "scripts/gen-certs.sh"
-        guard FileManager.default.fileExists(atPath: script) else {
-            throw ValidationError("no certificates in \(self.certs); run scripts/gen-certs.sh \(self.certs) first")
+    /// Makes what is missing of the demo's certificates in `directory`, with the tool's own
+    /// certificate authority (the one there, or a new one).
+    static func ensureCertificates(in directory: String) throws {
+        let files = CertificateFiles(directory: directory)
+        let leaves: [(String, CertificateUsage)] = [
+            ("leader", [.server, .client]), ("collab-1", .client), ("collab-2", .client), ("collab-3", .client),
+        ]
+        let missing = leaves.filter { !files.exists($0.0) }
+        if missing.isEmpty { return }
+        if !files.exists("ca") {
+            try files.write(try CertificateAuthority(commonName: "smsg demo CA").root, as: "ca", force: false)
+            print("demo: made a certificate authority in \(directory)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [script, self.certs]
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("scripts/gen-certs.sh failed") }
+        let authority = try files.authority()
+        for (name, usage) in missing {
+            try files.write(try authority.issue(CertsIssue.request(name: name, usage: usage)), as: name, force: false)
+        }
+        print("demo: issued \(missing.map(\.0).joined(separator: ", ")) in \(directory)")
     }
 }
 

@@ -11,7 +11,8 @@ struct SecureMsg: AsyncParsableCommand {
         abstract: "TLS messaging over the system's OpenSSL.",
         version: version,
         subcommands: [
-            Demo.self, LeaderCommand.self, CollaboratorCommand.self, Bench.self, Soak.self, SoakLeader.self,
+            Demo.self, CertsCommand.self, LeaderCommand.self, CollaboratorCommand.self, Bench.self, Soak.self,
+            SoakLeader.self,
             SoakSwarm.self, FailoverSwarm.self,
         ]
     )

@@ -10,9 +10,18 @@ public final class ChildProcess: Sendable {
     /// Whether the output pipe reached its end (every writer closed it).
     private let outputEnded = NIOLockedValueBox(false)
 
-    /// Starts `executable` with `arguments`, and `environment` added to the inherited one.
-    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `executable` with `arguments`, and `environment` added to the inherited one, in
+    /// `directory` (by default this process's).
+    public init(
+        _ executable: String,
+        _ arguments: [String],
+        environment: [String: String] = [:],
+        directory: String? = nil
+    ) throws {
         let process = Process()
+        if let directory {
+            process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        }
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments =
             environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } + [executable] + arguments
