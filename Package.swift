@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "Messaging", targets: ["Messaging"]),
         .library(name: "Cluster", targets: ["Cluster"]),
         .library(name: "EtcdElection", targets: ["EtcdElection"]),
+        .library(name: "SecureMessaging", targets: ["SecureMessaging"]),
+        .library(name: "SecureMessagingTesting", targets: ["SecureMessagingTesting"]),
         .executable(name: "securemsg", targets: ["securemsg"]),
     ],
     dependencies: [
@@ -74,6 +76,24 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "SecureMessaging",
+            dependencies: [
+                "Cluster",
+                "Messaging",
+                "SecureTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "SecureMessagingTesting",
+            dependencies: [
+                "SecureMessaging",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -162,6 +182,10 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
+        ),
+        .testTarget(
+            name: "UserTests",
+            dependencies: ["SecureMessagingTesting"]
         ),
         .testTarget(
             name: "CommandTests",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The documented examples must be exactly the example programs CI compiles and runs: the
 # README's messaging example is Examples/smsg-example/Example.swift, and the cluster example
-# in the README and in the Cluster DocC catalogue is Examples/cluster-example/Example.swift.
+# in the README and in the Cluster DocC catalogue is Examples/cluster-example/Example.swift, and
+# the README's test is Tests/UserTests/ReadmeExample.swift.
 # This keeps the documented API honest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,6 @@ check() {
 }
 check README.md example Examples/smsg-example/Example.swift
 check README.md cluster-example Examples/cluster-example/Example.swift
+check README.md user-test Tests/UserTests/ReadmeExample.swift
 check Sources/Cluster/Docs.docc/LeaderAndCollaborators.md cluster-example Examples/cluster-example/Example.swift
 exit $status

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
-for target in SecureTransport Messaging Cluster EtcdElection; do
+for target in SecureTransport Messaging Cluster EtcdElection SecureMessagingTesting; do
     echo "== docs: $target"
     swift package --disable-sandbox generate-documentation --target "$target" --warnings-as-errors
 done

@@ -1,0 +1,2 @@
+// Tests that import SecureMessagingTesting see everything SecureMessaging brings.
+@_exported import SecureMessaging
