@@ -66,6 +66,7 @@ public final class Leader: Service, MessageRouting, Sendable {
     public let router: Router
     /// The coder of typed messages (JSON unless given another).
     public let coder: MessageCoder
+    private let metrics: MessagingMetrics
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let leadershipContinuation: AsyncStream<LeadershipEvent>.Continuation
     /// With an election: 1 while elected, else 0; and the term held (the last one, after).
@@ -94,6 +95,7 @@ public final class Leader: Service, MessageRouting, Sendable {
     ) {
         self.configuration = configuration
         self.election = election
+        self.metrics = metrics
         self.activeGauge = Gauge(label: "smsg_leader_active", factory: metrics.factory)
         self.termGauge = Gauge(label: "smsg_leader_term", factory: metrics.factory)
         self.coder = coder
@@ -283,7 +285,14 @@ public final class Leader: Service, MessageRouting, Sendable {
         guard let hello = session.peer else { return }
         let nodeID = hello.nodeID
         if let allowed = self.configuration.allowList, !allowed.contains(nodeID) {
-            self.logger.notice("refused a node not on the allow-list", metadata: ["node_id": "\(nodeID)"])
+            self.metrics.refused(.notAllowed)
+            self.logger.notice(
+                "refused a connection",
+                metadata: [
+                    "reason": "\(RefusalReason.notAllowed.rawValue)", "node_id": "\(nodeID)",
+                    "remote": "\(session.remoteAddress?.addressText ?? "unknown")",
+                ]
+            )
             session.fail(code: .unauthorized, reason: "node not allowed")
             return
         }
@@ -291,7 +300,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         let record = CollaboratorRecord(
             nodeID: nodeID,
             certificateIdentity: session.peerIdentity,
-            remoteAddress: session.remoteAddress.map { "\($0)" },
+            remoteAddress: session.remoteAddress?.addressText,
             role: hello.role,
             connectedSince: now,
             lastSeen: now,
@@ -498,7 +507,7 @@ extension Leader {
                 "the leader listens on every address (\(host)): set the address to advertise to collaborators"
             )
         }
-        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        return addressText(host: host, port: port)
     }
 
     /// Serves `leadership` until it ends and steps down the moment it does — before waiting for

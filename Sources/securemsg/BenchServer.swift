@@ -196,7 +196,7 @@ enum ClientAuthOption: String, ExpressibleByArgument, CaseIterable {
 /// A HOST:PORT argument; IPv6 hosts in brackets (`[::1]:7443`).
 struct HostPort: CustomStringConvertible {
     var description: String {
-        self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+        addressText(host: self.host, port: self.port)
     }
 
     var host: String

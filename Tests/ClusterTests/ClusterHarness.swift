@@ -127,6 +127,7 @@ final class MembershipLog: Sendable {
 func withLeader<T>(
     heartbeat: TimeAmount = .milliseconds(200),
     tracer: (any Tracer)? = nil,
+    metrics: MessagingMetrics = MessagingMetrics(),
     configure: (inout LeaderConfiguration) -> Void = { _ in },
     _ body: (Leader, Int, MembershipLog) async throws -> T
 ) async throws -> T {
@@ -138,6 +139,7 @@ func withLeader<T>(
         configuration: configuration,
         transport: try ClusterCertificates.leaderTransport(),
         logger: quiet,
+        metrics: metrics,
         tracer: tracer
     )
     let log = MembershipLog(leader)
@@ -176,7 +178,10 @@ func startCollaborator(
     let collaborator = Collaborator(
         leaderHost: "127.0.0.1",
         leaderPort: port,
-        transport: try await ClusterCertificates.collaboratorTransport(certificate ?? name),
+        // `certificate` "" is none at all.
+        transport: try await ClusterCertificates.collaboratorTransport(
+            certificate == "" ? nil : (certificate ?? name)
+        ),
         serverHostname: "localhost",
         configuration: configuration,
         tracer: tracer

@@ -1,8 +1,10 @@
 import Cluster
 import Messaging
+import MetricsTestKit
 import NIOConcurrencyHelpers
 import NIOCore
 import SMSGTestSupport
+import SecureTransport
 import Testing
 
 @Suite("Leader and collaborators")
@@ -73,6 +75,50 @@ struct ClusterTests {
                 #expect(error.errorCode == nil, "refused at TLS, before any smsg ERROR")
             }
             #expect(leader.collaborators.isEmpty)
+        }
+    }
+
+    @Test(
+        "a collaborator refused for its identity gives up at once, with the cause, instead of retrying forever",
+        .timeLimit(.minutes(1))
+    )
+    func identityRefusalIsPermanent() async throws {
+        try await withLeader { leader, port, _ in
+            // collab-2's certificate claiming to be collab-1: ERROR UNAUTHORIZED.
+            let (impostor, impostorRun) = try await startCollaborator("collab-1", port: port, certificate: "collab-2")
+            let events = Task { await impostor.events.reduce(into: [ConnectionEvent]()) { $0.append($1) } }
+            let refused = await #expect(throws: MessagingError.self) { try await impostorRun.value }
+            #expect(refused?.code == .gaveUp)
+            #expect(refused?.errorCode == .unauthorized)
+            #expect(
+                refused?.reason.contains("node_id does not match the client certificate") == true,
+                "\(String(describing: refused))"
+            )
+            let seen = await events.value
+            #expect(!seen.contains { if case .reconnecting = $0 { true } else { false } }, "\(seen)")
+
+            // No client certificate: the leader's TLS refuses it; the cause is the TLS error.
+            let (anonymous, anonymousRun) = try await startCollaborator("collab-3", port: port, certificate: "")
+            _ = anonymous
+            let tlsRefused = await #expect(throws: MessagingError.self) { try await anonymousRun.value }
+            #expect(tlsRefused?.code == .gaveUp)
+            #expect(tlsRefused?.tlsError?.code == .certificateRejected, "\(String(describing: tlsRefused))")
+            #expect(leader.collaborators.isEmpty)
+        }
+    }
+
+    @Test("with retriesIdentityRefusals a refused collaborator keeps its backoff")
+    func identityRefusalRetriedWhenAsked() async throws {
+        try await withLeader { _, port, _ in
+            let (impostor, running) = try await startCollaborator("collab-1", port: port, certificate: "collab-2") {
+                $0.reconnect.retriesIdentityRefusals = true
+                $0.reconnect.maximumAttempts = 2
+            }
+            let events = Task { await impostor.events.reduce(into: [ConnectionEvent]()) { $0.append($1) } }
+            let error = await #expect(throws: MessagingError.self) { try await running.value }
+            #expect(error?.reason.contains("gave up after 2 attempts") == true, "\(String(describing: error))")
+            let retries = await events.value.filter { if case .reconnecting = $0 { true } else { false } }
+            #expect(retries.count == 2)
         }
     }
 
@@ -243,10 +289,11 @@ struct ClusterLoadTests {
 
 @Suite("Leader policies")
 struct LeaderPolicyTests {
-    @Test("a node not on the allow-list is refused with UNAUTHORIZED")
+    @Test("a node not on the allow-list is refused with UNAUTHORIZED, and counted as not_allowed")
     func allowList() async throws {
         let configure: (inout LeaderConfiguration) -> Void = { $0.allowList = ["collab-1"] }
-        try await withLeader(configure: configure) { leader, port, _ in
+        let testMetrics = TestMetrics()
+        try await withLeader(metrics: MessagingMetrics(factory: testMetrics), configure: configure) { leader, port, _ in
             let refused = try await SecureClient.connect(
                 host: "127.0.0.1",
                 port: port,
@@ -263,6 +310,8 @@ struct LeaderPolicyTests {
             let (allowed, running) = try await startCollaborator("collab-1", port: port)
             await eventually("the allowed one joined") { leader.collaborator("collab-1")?.state == .active }
             #expect(leader.collaborator("collab-2")?.state != .active)
+            let refusals = try testMetrics.expectCounter("smsg_refusals_total", [("reason", "not_allowed")])
+            #expect(refusals.totalValue == 1)
             await allowed.leave()
             try await running.value
         }

@@ -42,7 +42,7 @@ struct RefusalTests {
         let error = try #require(client.tlsErrors.first)
         #expect(error.code == .certificateVerificationFailed)
         #expect(error.reason.contains("unable to get local issuer certificate"))
-        #expect(server.tlsErrors.first?.code == .alertReceived)
+        #expect(server.tlsErrors.first?.code == .certificateRejected)
     }
 
     @Test("an expired server certificate")
@@ -86,9 +86,9 @@ struct RefusalTests {
             client: TestCertificates.clientConfiguration()
         )
         let error = try #require(server.tlsErrors.first)
-        #expect(error.code == .certificateVerificationFailed)
+        #expect(error.code == .certificateRequired)
         #expect(error.reason.contains("no certificate"))
-        #expect(client.tlsErrors.first?.code == .alertReceived)
+        #expect(client.tlsErrors.first?.code == .certificateRejected)
     }
 
     @Test("a client certificate from an unrelated CA")
@@ -100,7 +100,7 @@ struct RefusalTests {
         let error = try #require(server.tlsErrors.first)
         #expect(error.code == .certificateVerificationFailed)
         #expect(error.reason.contains("unable to get local issuer certificate"))
-        #expect(client.tlsErrors.first?.code == .alertReceived)
+        #expect(client.tlsErrors.first?.code == .certificateRejected)
     }
 
     @Test("ALPN offered without smsg/1")

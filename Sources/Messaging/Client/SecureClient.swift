@@ -111,7 +111,7 @@ public final class SecureClient: Sendable {
             }
         } catch let error as MessagingError {
             if Task.isCancelled { throw CancellationError() }
-            throw MessagingError(.connectFailed, error.reason, errorCode: error.errorCode)
+            throw MessagingError(.connectFailed, error.reason, errorCode: error.errorCode, tlsError: error.tlsError)
         }
         return SecureClient(session: session)
     }
@@ -154,7 +154,7 @@ public final class SecureClient: Sendable {
 /// One readable line for a failed TCP connect: "connection refused by 127.0.0.1:7443" rather
 /// than the socket error's own text.
 func describeConnectFailure(_ error: any Error, host: String, port: Int) -> String {
-    let target = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    let target = addressText(host: host, port: port)
     // A name with several addresses: each one's failure; they are usually alike.
     if let failures = error as? NIOConnectionError {
         if let first = failures.connectionErrors.first {

@@ -28,6 +28,8 @@ public struct MessagingMetrics: Sendable {
     let inboundQueuedBytes: Meter
     /// Bytes waiting in channels' outbound buffers (sampled at flushes and heartbeats).
     let outboundQueuedBytes: Meter
+    /// `smsg_refusals_total{reason=...}`: one counter per reason.
+    let refusals: [RefusalReason: Counter]
     /// Where they go: layers above (the leader's election gauges) make theirs there too.
     package let factory: any MetricsFactory
 
@@ -46,5 +48,45 @@ public struct MessagingMetrics: Sendable {
         self.slowConsumers = Counter(label: "smsg_slow_consumers_total", factory: factory)
         self.inboundQueuedBytes = Meter(label: "smsg_inbound_queued_bytes", factory: factory)
         self.outboundQueuedBytes = Meter(label: "smsg_outbound_queued_bytes", factory: factory)
+        var refusals: [RefusalReason: Counter] = [:]
+        for reason in RefusalReason.allCases {
+            refusals[reason] = Counter(
+                label: "smsg_refusals_total",
+                dimensions: [("reason", reason.rawValue)],
+                factory: factory
+            )
+        }
+        self.refusals = refusals
     }
+
+    /// Counts a connection the server refused.
+    package func refused(_ reason: RefusalReason) {
+        self.refusals[reason]?.increment()
+    }
+}
+
+/// Why a server refused a connection: the `reason` label of `smsg_refusals_total`, and the
+/// `reason` of the notice the server logs with the peer's address.
+public enum RefusalReason: String, Sendable, Hashable, CaseIterable {
+    /// The TLS handshake failed for another reason (no common version or cipher, bad records).
+    case handshakeFailed = "handshake_failed"
+    /// The TLS handshake did not finish within its timeout.
+    case handshakeTimeout = "handshake_timeout"
+    /// The peer closed the connection during the TLS handshake (it may have refused our
+    /// certificate).
+    case closedDuringHandshake = "closed_during_handshake"
+    /// The peer sent a fatal TLS alert during the handshake.
+    case alertReceived = "alert_received"
+    /// A client certificate was required and none came.
+    case certificateMissing = "certificate_missing"
+    /// The client certificate did not verify (unknown CA, expired, revoked).
+    case certificateUntrusted = "certificate_untrusted"
+    /// The peer offered ALPN without smsg/1.
+    case noApplicationProtocol = "no_application_protocol"
+    /// The HELLO `node_id` is not the identity in the client certificate.
+    case identityMismatch = "identity_mismatch"
+    /// The node is not on the leader's allow-list.
+    case notAllowed = "not_allowed"
+    /// The server was at its connection limit (ERROR SERVER_BUSY).
+    case connectionLimit = "connection_limit"
 }

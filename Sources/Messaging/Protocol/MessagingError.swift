@@ -1,3 +1,5 @@
+public import SecureTransport
+
 /// An error the messaging API reports to the application.
 public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of failure this is.
@@ -55,11 +57,32 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
     public var reason: String
     /// The smsg/1 ERROR code involved, when an ERROR was sent or received.
     public var errorCode: ErrorCode?
+    /// The TLS failure underneath, when TLS failed (a certificate that did not verify, a
+    /// certificate the peer refused, a handshake timeout): catch it by its code.
+    public var tlsError: TLSError?
 
-    public init(_ code: Code, _ reason: String, errorCode: ErrorCode? = nil) {
+    /// Makes an error.
+    ///
+    /// - Parameters:
+    ///   - code: What kind of failure this is.
+    ///   - reason: A readable explanation.
+    ///   - errorCode: The smsg/1 ERROR code involved, if any.
+    ///   - tlsError: The TLS failure underneath, if any.
+    public init(_ code: Code, _ reason: String, errorCode: ErrorCode? = nil, tlsError: TLSError? = nil) {
         self.code = code
         self.reason = reason
         self.errorCode = errorCode
+        self.tlsError = tlsError
+    }
+
+    /// Whether the peer refused who this side is: ERROR UNAUTHORIZED (a node_id that is not its
+    /// certificate's, a node off the allow-list), or a certificate refused either way. Trying
+    /// again with the same certificate and node_id cannot succeed.
+    public var isIdentityRefusal: Bool {
+        if self.errorCode == .unauthorized { return true }
+        guard let tls = self.tlsError else { return false }
+        return tls.code == .certificateVerificationFailed || tls.code == .certificateRequired
+            || tls.code == .certificateRejected
     }
 
     public var description: String {

@@ -14,6 +14,11 @@ public struct ReconnectPolicy: Sendable, Hashable {
     public var maximumDelay: Duration
     /// How many retries before giving up; `nil` for no limit.
     public var maximumAttempts: Int?
+    /// Whether to keep trying after the server refused who this client is (ERROR
+    /// UNAUTHORIZED, or a certificate refused either way: ``MessagingError/isIdentityRefusal``).
+    /// By default the client gives up at once: the same certificate and node_id cannot
+    /// succeed, and retrying forever would hide the mistake.
+    public var retriesIdentityRefusals = false
 
     public init(
         initialDelay: Duration = .milliseconds(100),

@@ -518,6 +518,16 @@ public final class ReconnectingClient: Service, Sendable {
                 self.eventContinuation.yield(.disconnected(lastError))
             }
             if self.state.withLockedValue({ $0.stopped }) { break }
+            if let refusal = lastError, refusal.isIdentityRefusal, !self.policy.retriesIdentityRefusals {
+                let reason = MessagingError(
+                    .gaveUp,
+                    "the server refused this node (\(refusal.reason)); not retrying with the same identity",
+                    errorCode: refusal.errorCode,
+                    tlsError: refusal.tlsError
+                )
+                self.giveUp(reason, last: refusal)
+                return
+            }
             attempt += 1
             guard let delay = self.policy.delay(forAttempt: attempt, using: &generator) else {
                 let reason = MessagingError(

@@ -293,7 +293,7 @@ public final class SecureMessagingServer: Service, Sendable {
         var logger = self.logger
         logger[metadataKey: "session_id"] = "\(sessionID)"
         if let remote = channel.remoteAddress {
-            logger[metadataKey: "remote"] = "\(remote)"
+            logger[metadataKey: "remote"] = "\(remote.addressText)"
         }
         let handler = SessionHandler(
             role: .server,

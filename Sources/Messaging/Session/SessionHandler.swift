@@ -38,6 +38,9 @@ final class SessionHandler: ChannelDuplexHandler {
     /// machine, and the flush and read bookkeeping.
     struct IOState {
         var context: ChannelHandlerContext?
+        /// Whether the transport said it was ready (TLS: the handshake completed). A failure
+        /// before that is a failed handshake, even when the close it caused came first.
+        var transportWasReady = false
         var heartbeatTimer: Scheduled<Void>?
         var phaseTimer: Scheduled<Void>?
         var slowConsumerTimer: Scheduled<Void>?
@@ -170,6 +173,7 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     private func transportReady(_ ready: TransportReady, context: ChannelHandlerContext) {
+        self.io.transportWasReady = true
         var ready = ready
         ready.peerIdentity = ready.tls?.peerCertificate.flatMap { self.identityMapping.identity(of: $0) }
         let now = context.eventLoop.now
@@ -178,6 +182,9 @@ final class SessionHandler: ChannelDuplexHandler {
             return
         case .fail(let violation):
             self.session.transportReady(ready)
+            if violation.code == .serverBusy {
+                self.refused(.connectionLimit, violation.reason)
+            }
             self.sendError(violation, context: context)
         case .waitForHello(let hello, let deadline):
             self.session.transportReady(ready)
@@ -267,6 +274,11 @@ final class SessionHandler: ChannelDuplexHandler {
             self.session.recordFlow(signal)
             self.sendUnparked(context: context)
         case .fail(let violation):
+            if violation.code == .unauthorized {
+                // The machine says UNAUTHORIZED for one thing: a HELLO node_id that is not the
+                // certificate's identity.
+                self.refused(.identityMismatch, violation.reason)
+            }
             self.sendError(violation, context: context)
         case .peerFailed(let code, let reason):
             self.logger.debug("peer sent ERROR", metadata: ["code": "\(code)", "reason": "\(reason)"])
@@ -336,15 +348,27 @@ final class SessionHandler: ChannelDuplexHandler {
         case let failure as any TransportFailureEvent:
             let failure = failure.transportFailure
             self.logger.debug("transport failure", metadata: ["error": "\(failure)"])
-            if self.machine.state == .idle {
+            if !self.io.transportWasReady {
                 self.metrics?.handshakeFailures.increment()
+                if let refusal = failure.refusal {
+                    self.refused(refusal, failure.description)
+                }
             }
-            self.machine.transportFailed(failure.description, cleanIfClosed: failure.isTruncation)
+            self.machine.transportFailed(failure.description, cleanIfClosed: failure.isTruncation, tls: failure.tls)
         default:
             self.logger.debug("channel error", metadata: ["error": "\(error)"])
             self.machine.transportFailed("\(error)", cleanIfClosed: false)
         }
         context.close(promise: nil)
+    }
+
+    /// A server refusing its peer: a notice with the peer's address (in the logger's
+    /// metadata) and the reason, and `smsg_refusals_total{reason}`. A client's failures are
+    /// its caller's errors instead.
+    func refused(_ reason: RefusalReason, _ detail: String) {
+        guard self.machine.configuration.role == .server else { return }
+        self.metrics?.refused(reason)
+        self.logger.notice("refused a connection", metadata: ["reason": "\(reason.rawValue)", "detail": "\(detail)"])
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -267,6 +267,10 @@ final class TLSConnection {
 
     // MARK: - Errors
 
+    /// The alerts that say the peer refused our certificate: bad, unsupported, revoked,
+    /// expired, unknown certificate; unknown CA; access denied; certificate required.
+    private static let certificateAlerts: Set<Int32> = [42, 43, 44, 45, 46, 48, 49, 116]
+
     private func classify(_ error: CInt, duringHandshake: Bool) -> TLSError {
         let packed = ERR_peek_error()
         let reason = packed == 0 ? 0 : ERR_GET_REASON(packed)
@@ -286,12 +290,15 @@ final class TLSConnection {
             return TLSError(.certificateVerificationFailed, "peer certificate not trusted: \(text)")
         }
         if fromSSL, reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE {
-            return TLSError.fromErrorQueue(.certificateVerificationFailed, "the client sent no certificate")
+            return TLSError.fromErrorQueue(.certificateRequired, "the client sent no certificate")
         }
         if fromSSL,
             reason == SSL_R_NO_APPLICATION_PROTOCOL || reason == SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL
         {
             return TLSError.fromErrorQueue(.noApplicationProtocol, "no common application protocol (ALPN)")
+        }
+        if fromSSL, reason >= SSL_AD_REASON_OFFSET, Self.certificateAlerts.contains(reason - SSL_AD_REASON_OFFSET) {
+            return TLSError.fromErrorQueue(.certificateRejected, "the peer refused our certificate")
         }
         if fromSSL, reason >= SSL_AD_REASON_OFFSET {
             return TLSError.fromErrorQueue(.alertReceived, "the peer sent a fatal alert")

@@ -14,6 +14,8 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
             case invalidTrustRoots
             case handshakeFailed
             case certificateVerificationFailed
+            case certificateRequired
+            case certificateRejected
             case handshakeTimeout
             case alertReceived
             case noApplicationProtocol
@@ -42,6 +44,12 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let handshakeFailed = Code(.handshakeFailed)
         /// The peer's certificate did not verify (unknown CA, expired, wrong host name, missing).
         public static let certificateVerificationFailed = Code(.certificateVerificationFailed)
+        /// The peer sent no certificate where one is required (a server requiring client
+        /// certificates sees this).
+        public static let certificateRequired = Code(.certificateRequired)
+        /// The peer refused this side's certificate: it sent a certificate alert (bad, unknown,
+        /// expired or revoked certificate, unknown CA, access denied, certificate required).
+        public static let certificateRejected = Code(.certificateRejected)
         /// The handshake did not complete within the configured timeout.
         public static let handshakeTimeout = Code(.handshakeTimeout)
         /// The peer sent a fatal TLS alert.
@@ -65,6 +73,8 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
             case .invalidTrustRoots: "invalid trust roots"
             case .handshakeFailed: "handshake failed"
             case .certificateVerificationFailed: "certificate verification failed"
+            case .certificateRequired: "certificate required"
+            case .certificateRejected: "certificate rejected"
             case .handshakeTimeout: "handshake timed out"
             case .alertReceived: "alert received"
             case .noApplicationProtocol: "no application protocol"

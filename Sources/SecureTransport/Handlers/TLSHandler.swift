@@ -380,12 +380,20 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     /// Writes whatever ciphertext is waiting (close_notify, an alert), then closes once it is
     /// written or after ``closeNotifyWriteTimeout``, whichever comes first.
-    private func sendCiphertextThenClose(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    ///
+    /// `beforeFlush` runs once the close is under way and before the ciphertext is flushed: a
+    /// close asked for by then waits for the same write.
+    private func sendCiphertextThenClose(
+        context: ChannelHandlerContext,
+        promise: EventLoopPromise<Void>?,
+        beforeFlush: () -> Void = {}
+    ) {
         if let closing = self.closeInProgress {
             promise.map { closing.futureResult.cascade(to: $0) }
             return
         }
         guard let ciphertext = self.connection?.takeOutboundCiphertext() else {
+            beforeFlush()
             context.close(promise: promise)
             return
         }
@@ -406,7 +414,9 @@ public final class TLSHandler: ChannelDuplexHandler {
             timer.cancel()
             closeOnce()
         }
-        context.writeAndFlush(self.wrapOutboundOut(ciphertext), promise: written)
+        context.write(self.wrapOutboundOut(ciphertext), promise: written)
+        beforeFlush()
+        context.flush()
     }
 
     private func fail(context: ChannelHandlerContext, error: TLSError) {
@@ -425,10 +435,12 @@ public final class TLSHandler: ChannelDuplexHandler {
             context.fireErrorCaught(error)
             context.close(promise: nil)
         } else if self.connection?.hasOutboundCiphertext == true {
-            // Start sending the alert first: a handler above that closes on this error then
-            // waits for it instead of cutting it off.
-            self.sendCiphertextThenClose(context: context, promise: nil)
-            context.fireErrorCaught(error)
+            // The alert is queued and the close under way before the error goes up: a handler
+            // above that closes on it waits for the alert instead of cutting it off, and it
+            // sees the error before the channel goes inactive (the write may finish at once).
+            self.sendCiphertextThenClose(context: context, promise: nil) {
+                context.fireErrorCaught(error)
+            }
         } else {
             context.fireErrorCaught(error)
             context.close(promise: nil)

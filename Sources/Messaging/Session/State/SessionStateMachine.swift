@@ -1,4 +1,5 @@
 import NIOCore
+import SecureTransport
 
 /// The smsg/1 protocol of one connection, with no channel and no clock: events in, actions out.
 ///
@@ -295,9 +296,9 @@ struct SessionStateMachine {
     }
 
     /// A transport failure (TLS alert, reset, truncation) ended the connection.
-    mutating func transportFailed(_ description: String, cleanIfClosed: Bool) {
+    mutating func transportFailed(_ description: String, cleanIfClosed: Bool, tls: TLSError? = nil) {
         if !(cleanIfClosed && self.state == .closed) {
-            self.record(MessagingError(.connectionClosed, description))
+            self.record(MessagingError(.connectionClosed, description, tlsError: tls))
         }
         self.state = .closed
     }
