@@ -39,16 +39,18 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Option(help: "The leader's address, HOST:PORT (or --etcd and --election).")
     var leader: String?
 
-    @Option(help: "This node's id; it must be the identity in its certificate.")
+    @Option(
+        help: "This node's id; it must be the identity in its certificate. Required (here, as SMSG_ID or in --config)."
+    )
     var id: String?
 
-    @Option(help: "Client certificate chain (PEM).")
+    @Option(help: "Client certificate chain (PEM). Required (here, as SMSG_CERT or in --config).")
     var cert: String?
 
-    @Option(help: "Client private key (PEM).")
+    @Option(help: "Client private key (PEM). Required (here, as SMSG_KEY or in --config).")
     var key: String?
 
-    @Option(help: "CA certificates (PEM) to verify the leader with.")
+    @Option(help: "CA certificates (PEM) to verify the leader with. Required (here, as SMSG_CA or in --config).")
     var ca: String?
 
     @Option(help: "The name the leader's certificate must carry (default: the leader's host).")
@@ -57,12 +59,16 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Option(help: "Application status reported to the leader.")
     var status: String?
 
+    @OptionGroup(title: "Logging, heartbeat and key")
+    var common: CommonOptions
+
     @OptionGroup(title: "Election (instead of --leader)")
     var electionOptions: ElectionOptions
 
     /// The settings from flags, environment and config file, checked.
     struct Settings {
-        static let keys = ["leader", "id", "cert", "key", "ca", "server_name", "status"] + ElectionOptions.keys
+        static let keys =
+            ["leader", "id", "cert", "key", "ca", "server_name", "status"] + CommonOptions.keys + ElectionOptions.keys
 
         var leader: HostPort?
         var id: String
@@ -71,6 +77,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
         var ca: String
         var serverName: String?
         var status: String?
+        var common = CommonOptions.Values()
         var election: EtcdElectionConfiguration?
         var effective = EffectiveSettings()
     }
@@ -112,6 +119,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
         settings.effective.set("ca", settings.ca)
         settings.effective.set("server_name", settings.serverName)
         settings.effective.set("status", settings.status)
+        settings.common = try self.common.values(from: source, effective: &settings.effective)
         return settings
     }
 
@@ -121,13 +129,17 @@ struct CollaboratorCommand: AsyncParsableCommand {
             print(settings.effective.json)
             return
         }
-        var logger = Logger(label: "securemsg.collaborator")
-        logger.logLevel = .warning
+        let logger = OperatorLogHandler.logger(
+            "securemsg.collaborator",
+            level: settings.common.logLevel,
+            write: writeToStandardError
+        )
         var tls = TLSConfiguration.makeClientConfiguration(
             certificateChain: .file(settings.cert),
             privateKey: .file(settings.key),
             trustRoots: .file(settings.ca)
         )
+        tls.privateKeyPassphrase = settings.common.keyPassphrase
         tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
         do {
@@ -135,7 +147,10 @@ struct CollaboratorCommand: AsyncParsableCommand {
         } catch let error as TLSError {
             throw ValidationError("TLS configuration refused: \(error.reason)")
         }
-        let configuration = CollaboratorConfiguration(nodeID: settings.id, status: settings.status)
+        var configuration = CollaboratorConfiguration(nodeID: settings.id, status: settings.status)
+        if let heartbeat = settings.common.heartbeat {
+            configuration.session.heartbeatInterval = heartbeat
+        }
         let collaborator: Collaborator
         if let address = settings.leader {
             collaborator = Collaborator(
@@ -170,16 +185,20 @@ struct CollaboratorCommand: AsyncParsableCommand {
                 logger: logger
             )
         )
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            tasks.addTask {
-                for await event in collaborator.events {
-                    print("\(id): \(Self.describe(event))")
-                    fflush(nil)
-                }
+        let printing = Task {
+            for await event in collaborator.events {
+                print("\(id): \(Self.describe(event))")
+                fflush(nil)
             }
-            try await tasks.next()
-            tasks.cancelAll()
+        }
+        defer { printing.cancel() }
+        do {
+            try await group.run()
+        } catch {
+            // A collaborator that gave up (refused for its identity, or out of attempts): its
+            // last events first, then the error, and a non-zero exit.
+            await printing.value
+            throw error
         }
     }
 

@@ -48,14 +48,20 @@ struct LeaderCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on, HOST:PORT (default 127.0.0.1:7443).")
     var listen: String?
 
-    @Option(help: "Leader certificate chain (PEM).")
+    @Option(help: "Leader certificate chain (PEM). Required (here, as SMSG_CERT or in --config).")
     var cert: String?
 
-    @Option(help: "Leader private key (PEM).")
+    @Option(help: "Leader private key (PEM). Required (here, as SMSG_KEY or in --config).")
     var key: String?
 
-    @Option(help: "CA certificates (PEM) that collaborator certificates must chain to.")
+    @Option(
+        help:
+            "CA certificates (PEM) that collaborator certificates must chain to. Required (here, as SMSG_CA or in --config)."
+    )
     var ca: String?
+
+    @Option(help: "Node ids allowed to join, comma-separated (default: any with a valid certificate).")
+    var allow: String?
 
     @Flag(help: "Refuse collaborators without a client certificate (otherwise one is optional).")
     var requireClientCert = false
@@ -69,14 +75,17 @@ struct LeaderCommand: AsyncParsableCommand {
     @Option(help: "With an election: the address collaborators connect to, HOST:PORT (default: where it listens).")
     var advertise: String?
 
+    @OptionGroup(title: "Logging, heartbeat and key")
+    var common: CommonOptions
+
     @OptionGroup(title: "Election")
     var electionOptions: ElectionOptions
 
     /// The settings from flags, environment and config file, checked.
     struct Settings {
         static let keys =
-            ["listen", "cert", "key", "ca", "require_client_cert", "metrics", "crl", "advertise"]
-            + ElectionOptions.keys
+            ["listen", "cert", "key", "ca", "require_client_cert", "metrics", "crl", "advertise", "allow"]
+            + CommonOptions.keys + ElectionOptions.keys
 
         var listen: HostPort
         var cert: String
@@ -86,6 +95,8 @@ struct LeaderCommand: AsyncParsableCommand {
         var metrics: HostPort?
         var crl: String?
         var advertise: HostPort?
+        var allow: Set<String>?
+        var common = CommonOptions.Values()
         var election: EtcdElectionConfiguration?
         var effective = EffectiveSettings()
     }
@@ -109,6 +120,15 @@ struct LeaderCommand: AsyncParsableCommand {
         settings.effective.set("require_client_cert", settings.requireClientCert)
         settings.effective.set("metrics", settings.metrics.map { "\($0)" })
         settings.effective.set("crl", settings.crl)
+        settings.allow = try source.parsed("allow", flag: self.allow) { text -> Set<String> in
+            let ids = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !ids.isEmpty, ids.allSatisfy(Hello.isValidNodeID) else {
+                throw ValidationError("expected node ids separated by commas, got \"\(text)\"")
+            }
+            return Set(ids)
+        }
+        settings.effective.set("allow", settings.allow.map { $0.sorted().joined(separator: ",") })
+        settings.common = try self.common.values(from: source, effective: &settings.effective)
         settings.election = try self.electionOptions.configuration(from: source, effective: &settings.effective)
         if settings.advertise != nil, settings.election == nil {
             throw ValidationError("advertise is for an election: give the etcd endpoints too (--etcd)")
@@ -130,8 +150,10 @@ struct LeaderCommand: AsyncParsableCommand {
             return
         }
         let address = settings.listen
-        var logger = Logger(label: "securemsg.leader")
-        logger.logLevel = .warning
+        let interactive = isatty(STDOUT_FILENO) == 1
+        // On a terminal the table is redrawn every second: what would be printed goes under it.
+        let screen = LiveScreen(interactive: interactive)
+        let logger = OperatorLogHandler.logger("securemsg.leader", level: settings.common.logLevel) { screen.say($0) }
         var tls = TLSConfiguration.makeMutualTLSServerConfiguration(
             certificateChain: .file(settings.cert),
             privateKey: .file(settings.key),
@@ -139,6 +161,7 @@ struct LeaderCommand: AsyncParsableCommand {
             clientAuthentication: settings.requireClientCert ? .required : .optional
         )
         tls.crlFile = settings.crl
+        tls.privateKeyPassphrase = settings.common.keyPassphrase
         tls.keyLogFile = keyLogFileFromEnvironment()
         let transport: TLSTransport
         do {
@@ -149,6 +172,10 @@ struct LeaderCommand: AsyncParsableCommand {
         var configuration = LeaderConfiguration(host: address.host, port: address.port)
         configuration.server.requireCertificateIdentity = true
         configuration.advertisedAddress = settings.advertise.map { "\($0)" }
+        configuration.allowList = settings.allow
+        if let heartbeat = settings.common.heartbeat {
+            configuration.server.session.heartbeatInterval = heartbeat
+        }
         let election = try settings.election.map { try ElectionOptions.makeElection($0, logger: logger) }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var leaderMetrics = MessagingMetrics()
@@ -176,9 +203,6 @@ struct LeaderCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        let interactive = isatty(STDOUT_FILENO) == 1
-        // On a terminal the table is redrawn every second: what would be printed goes under it.
-        let screen = LiveScreen(interactive: interactive)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             tasks.addTask {

@@ -158,6 +158,9 @@ struct SettingsSource {
 /// The effective settings of a command, printed as one JSON object (`--print-config`): the
 /// same keys a config file takes, so the output can be used as one.
 struct EffectiveSettings {
+    /// What `--print-config` shows for a secret.
+    static let redacted = "<redacted>"
+
     private var values: [String: Any] = [:]
 
     mutating func set(_ key: String, _ value: String?) {

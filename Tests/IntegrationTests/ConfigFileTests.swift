@@ -234,4 +234,90 @@ struct ConfigFileTests {
         leader.signal(SIGTERM)
         #expect(await leader.waitForExit() == 0)
     }
+
+    @Test("log level, heartbeat, allow-list and the key's passphrase are settings; the passphrase is never shown")
+    func operatorSettings() async throws {
+        let certs = BenchServerTests.certificates
+        let path = try Self.writeConfig([
+            "cert": "\(certs)/leader.pem", "key": "\(certs)/leader.key", "ca": "\(certs)/ca.pem",
+            "log_level": "info", "heartbeat": "0.5", "allow": "collab-1,collab-2", "key_passphrase": "s3cret-value",
+        ])
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (status, output) = try await Self.run(["leader", "--config", path, "--print-config"])
+        #expect(status == 0, "\(output)")
+        let printed = try Self.printed(output)
+        #expect(printed["log_level"] as? String == "info")
+        #expect(printed["heartbeat"] as? String == "0.5")
+        #expect(printed["allow"] as? String == "collab-1,collab-2")
+        #expect(printed["key_passphrase"] as? String == "<redacted>")
+        #expect(!output.contains("s3cret-value"))
+
+        let collaborator = [
+            "collaborator", "--leader", "127.0.0.1:7443", "--id", "collab-1", "--cert", "\(certs)/collab-1.pem",
+            "--key", "\(certs)/collab-1.key", "--ca", "\(certs)/ca.pem", "--print-config",
+        ]
+        let (envStatus, envOutput) = try await Self.run(
+            collaborator,
+            environment: ["SMSG_KEY_PASSPHRASE": "from-the-environment", "SMSG_LOG_LEVEL": "debug"]
+        )
+        #expect(envStatus == 0, "\(envOutput)")
+        #expect(try Self.printed(envOutput)["key_passphrase"] as? String == "<redacted>")
+        #expect(try Self.printed(envOutput)["log_level"] as? String == "debug")
+        #expect(!envOutput.contains("from-the-environment"))
+
+        let (flagStatus, flagOutput) = try await Self.run(collaborator + ["--key-passphrase", "x"])
+        #expect(flagStatus == 64, "no flag carries the passphrase itself: \(flagOutput)")
+        let (levelStatus, levelOutput) = try await Self.run(collaborator + ["--log-level", "loud"])
+        #expect(levelStatus == 1)
+        #expect(levelOutput.contains("--log-level: expected trace, debug, info, notice"), "\(levelOutput)")
+        let (beatStatus, beatOutput) = try await Self.run(collaborator + ["--heartbeat", "0"])
+        #expect(beatStatus == 1)
+        #expect(beatOutput.contains("--heartbeat: must be seconds from 0.05 to 3600"), "\(beatOutput)")
+    }
+
+    @Test("an encrypted key opens with the passphrase from a file or the environment, and not without")
+    func encryptedKey() async throws {
+        let certs = BenchServerTests.certificates
+        let base = [
+            "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/server.pem", "--key", "\(certs)/encrypted.key",
+            "--ca", "\(certs)/ca.pem",
+        ]
+        for (extra, environment) in [
+            (["--key-passphrase-file", "\(certs)/encrypted.pass"], [String: String]()),
+            ([], ["SMSG_KEY_PASSPHRASE": "test-passphrase"]),
+        ] {
+            let leader = try ChildProcess(BenchServerTests.executable, base + extra, environment: environment)
+            defer { leader.terminate() }
+            await leader.waitForOutput(containing: "listening on 127.0.0.1:")
+            leader.signal(SIGTERM)
+            #expect(await leader.waitForExit() == 0, "\(extra) \(environment)")
+        }
+        let (status, output) = try await Self.run(base)
+        #expect(status == 1)
+        #expect(output.contains("an encrypted key needs a passphrase"), "\(output)")
+    }
+
+    @Test("the allow-list refuses others: a notice at the leader, the collaborator gives up")
+    func allowList() async throws {
+        let certs = BenchServerTests.certificates
+        let leader = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "leader", "--listen", "127.0.0.1:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
+                "--ca", "\(certs)/ca.pem", "--require-client-cert", "--allow", "collab-1",
+            ]
+        )
+        defer { leader.terminate() }
+        await leader.waitForOutput(containing: "listening on 127.0.0.1:")
+        let port = try #require(BenchServerTests.listeningPort(leader.output))
+        let (status, output) = try await Self.run([
+            "collaborator", "--leader", "127.0.0.1:\(port)", "--id", "collab-2", "--cert", "\(certs)/collab-2.pem",
+            "--key", "\(certs)/collab-2.key", "--ca", "\(certs)/ca.pem",
+        ])
+        #expect(status == 1, "\(output)")
+        #expect(output.contains("Error: ") && output.contains("node not allowed"), "\(output)")
+        await leader.waitForOutput(containing: "reason=not_allowed")
+        leader.signal(SIGTERM)
+        #expect(await leader.waitForExit() == 0)
+    }
 }

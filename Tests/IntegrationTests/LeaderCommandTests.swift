@@ -45,7 +45,7 @@ struct LeaderCommandTests {
         #expect(await leader.waitForExit() == 0)
     }
 
-    @Test("an impostor is refused: collab-2's certificate claiming collab-1")
+    @Test("an impostor is refused: the leader logs a notice with its address, the impostor gives up with one line")
     func impostor() async throws {
         let certs = BenchServerTests.certificates
         let (leader, port) = try await Self.startLeader()
@@ -58,10 +58,19 @@ struct LeaderCommandTests {
             ]
         )
         defer { impostor.terminate() }
-        await impostor.waitForOutput(containing: "does not match the client certificate")
+        // Refused for its identity: it stops trying at once.
+        #expect(await impostor.waitForExit() == 1)
+        let errorLine = try #require(impostor.output.split(separator: "\n").last)
+        #expect(errorLine.hasPrefix("Error: "), "\(impostor.output)")
+        #expect(errorLine.contains("node_id does not match the client certificate"), "\(impostor.output)")
+        #expect(errorLine.contains("not retrying"), "\(impostor.output)")
+        #expect(!impostor.output.contains("reconnecting"), "\(impostor.output)")
+
+        await leader.waitForOutput(containing: "notice refused a connection")
+        let notice = try #require(leader.output.split(separator: "\n").first { $0.contains("refused a connection") })
+        #expect(notice.contains("reason=identity_mismatch"), "\(notice)")
+        #expect(notice.contains("remote=127.0.0.1:"), "\(notice)")
         #expect(!leader.output.contains("joined"))
-        impostor.signal(SIGTERM)
-        _ = await impostor.waitForExit()
         leader.signal(SIGTERM)
         #expect(await leader.waitForExit() == 0)
     }
