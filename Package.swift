@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Cluster", targets: ["Cluster"]),
         .library(name: "EtcdElection", targets: ["EtcdElection"]),
         .library(name: "SecureMessaging", targets: ["SecureMessaging"]),
+        .library(name: "MetricsEndpoint", targets: ["MetricsEndpoint"]),
         .library(name: "SecureMessagingTesting", targets: ["SecureMessagingTesting"]),
         .executable(name: "securemsg", targets: ["securemsg"]),
     ],
@@ -48,8 +49,17 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
+            name: "MetricsEndpoint",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -104,6 +114,7 @@ let package = Package(
                 "Messaging",
                 "Cluster",
                 "EtcdElection",
+                "MetricsEndpoint",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -205,6 +216,7 @@ let package = Package(
             name: "MessagingTests",
             dependencies: [
                 "Messaging",
+                "MetricsEndpoint",
                 "SMSGTestSupport",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 "SecureTransport",

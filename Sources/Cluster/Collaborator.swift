@@ -194,7 +194,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// Sends a status PING for each status change, at most one per heartbeat interval, until
     /// cancelled.
     private func announceStatusChanges() async {
-        let interval = Duration(self.configuration.session.heartbeatInterval)
+        let interval = self.configuration.session.heartbeatInterval
         var last: ContinuousClock.Instant?
         // What went out, on which session: a new session learnt the status from its HELLO and
         // first PING, so only a change since then needs another.
@@ -231,7 +231,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         headers: MessageHeaders = MessageHeaders(),
         value: some Encodable,
         as type: Response.Type = Response.self,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Response {
         let body = try self.coder.body(value)
         let answer = try await self.request(topic: topic, headers: headers, body: body, timeout: timeout)
@@ -275,7 +275,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         try await self.tracing.request(topic: topic, peer: nil) {
             let tracing = self.tracing

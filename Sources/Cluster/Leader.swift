@@ -161,7 +161,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         try await self.tracing.request(topic: topic, peer: nodeID) {
             try self.requireServing()
@@ -186,7 +186,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         headers: MessageHeaders = MessageHeaders(),
         value: some Encodable,
         as type: Response.Type = Response.self,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Response {
         let body = try self.coder.body(value)
         let answer = try await self.request(to: nodeID, topic: topic, headers: headers, body: body, timeout: timeout)
@@ -276,7 +276,7 @@ public final class Leader: Service, MessageRouting, Sendable {
     }
 
     private static func sweepMilliseconds(_ configuration: LeaderConfiguration) -> Int64 {
-        max(10, configuration.server.session.heartbeatInterval.nanoseconds / 4_000_000)
+        max(10, TimeAmount(configuration.server.session.heartbeatInterval).nanoseconds / 4_000_000)
     }
 
     // MARK: - Per collaborator
@@ -400,7 +400,7 @@ public final class Leader: Service, MessageRouting, Sendable {
                 guard var record = state.records[nodeID] else { continue }
                 let silence = nowDeadline - session.lastReceived
                 record.lastSeen = now - .nanoseconds(silence.nanoseconds)
-                record.roundTrip = session.lastRoundTrip.map { .nanoseconds($0.nanoseconds) }
+                record.roundTrip = session.lastRoundTrip
                 let interval = TimeAmount.milliseconds(Int64(session.peer?.heartbeatMilliseconds ?? 5000))
                 let next = record.state.connected(silence: silence, heartbeatInterval: interval)
                 if next != record.state {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import Messaging
+import MetricsEndpoint
 import NIOCore
 import Prometheus
 import SecureTransport

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
-import NIOCore
 
 /// The settings `leader` and `collaborator` share: how much to log, the heartbeat, and the
 /// private key's passphrase.
@@ -25,7 +24,7 @@ struct CommonOptions: ParsableArguments {
 
     struct Values {
         var logLevel: Logger.Level = .notice
-        var heartbeat: TimeAmount?
+        var heartbeat: Duration?
         var keyPassphrase: String?
     }
 
@@ -64,11 +63,11 @@ struct CommonOptions: ParsableArguments {
         return level
     }
 
-    static func heartbeat(_ text: String) throws -> TimeAmount {
+    static func heartbeat(_ text: String) throws -> Duration {
         guard let seconds = Double(text), seconds >= 0.05, seconds <= 3600 else {
             throw ValidationError("must be seconds from 0.05 to 3600, got \"\(text)\"")
         }
-        return .nanoseconds(Int64((seconds * 1e9).rounded()))
+        return .milliseconds(Int64((seconds * 1e3).rounded()))
     }
 }
 

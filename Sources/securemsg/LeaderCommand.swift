@@ -4,6 +4,7 @@ import EtcdElection
 import Foundation
 import Logging
 import Messaging
+import MetricsEndpoint
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus

@@ -117,7 +117,7 @@ struct SwarmSlot: Sendable {
     let nodeID: String
     let port: Int
     let transport: TLSTransport
-    let heartbeat: TimeAmount
+    let heartbeat: Duration
     let swarm: SwarmState
     let random: SplitMix64
 

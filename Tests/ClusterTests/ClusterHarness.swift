@@ -125,7 +125,7 @@ final class MembershipLog: Sendable {
 
 /// A leader on 127.0.0.1 with mutual TLS, running for the duration of `body`.
 func withLeader<T>(
-    heartbeat: TimeAmount = .milliseconds(200),
+    heartbeat: Duration = .milliseconds(200),
     tracer: (any Tracer)? = nil,
     metrics: MessagingMetrics = MessagingMetrics(),
     configure: (inout LeaderConfiguration) -> Void = { _ in },
@@ -162,7 +162,7 @@ func startCollaborator(
     _ name: String,
     port: Int,
     status: String? = nil,
-    heartbeat: TimeAmount = .milliseconds(200),
+    heartbeat: Duration = .milliseconds(200),
     certificate: String? = nil,
     tracer: (any Tracer)? = nil,
     configure: (inout CollaboratorConfiguration) -> Void = { _ in }

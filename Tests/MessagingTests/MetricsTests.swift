@@ -1,4 +1,5 @@
 import Foundation
+import MetricsEndpoint
 import NIOCore
 import NIOPosix
 import Prometheus

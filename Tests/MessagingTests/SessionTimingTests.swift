@@ -16,7 +16,7 @@ struct SessionTimingTests {
     }
 
     /// An open server session limited to 10 messages a second, with a receiver that counts.
-    static func rateLimited(gracePeriod: TimeAmount) throws -> (EmbeddedSession, CountingReceiver) {
+    static func rateLimited(gracePeriod: Duration) throws -> (EmbeddedSession, CountingReceiver) {
         let receiver = CountingReceiver()
         let side = try EmbeddedSession(
             configuration: Self.configuration {

@@ -16,8 +16,8 @@ private final class Idle: ChannelInboundHandler, Sendable {
 /// well-behaved client keeps using it. Heavy: runs in the load phase.
 @Suite("Slowloris and floods (load)")
 struct SlowlorisLoadTests {
-    static let handshakeTimeout: TimeAmount = .seconds(1)
-    static let helloTimeout: TimeAmount = .seconds(1)
+    static let handshakeTimeout: Duration = .seconds(1)
+    static let helloTimeout: Duration = .seconds(1)
 
     /// Opens `count` TCP connections, `build` setting up each one's pipeline.
     static func flood(
@@ -99,7 +99,7 @@ struct SlowlorisLoadTests {
         // Every bad connection is closed by the server within the timeouts (counted from its
         // own opening) plus slack: the load suites share two cores and one process, and
         // timers fire late under that load. Without the timeouts none would ever close.
-        let allowance = Self.handshakeTimeout + Self.helloTimeout + .seconds(20)
+        let allowance = TimeAmount(Self.handshakeTimeout + Self.helloTimeout + .seconds(20))
         for (channel, opened) in bad {
             let remaining = opened + allowance - NIODeadline.now()
             let closed = try await withThrowingTaskGroup(of: Bool.self) { group in

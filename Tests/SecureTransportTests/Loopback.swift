@@ -119,7 +119,7 @@ final class LoopbackServer: Sendable {
     static func start(
         group: any EventLoopGroup,
         context tlsContext: TLSContext?,
-        handshakeTimeout: TimeAmount? = .seconds(10)
+        handshakeTimeout: Duration? = .seconds(10)
     ) async throws -> LoopbackServer {
         let logs = NIOLockedValueBox<[PeerLog]>([])
         let channel = try await ServerBootstrap(group: group)

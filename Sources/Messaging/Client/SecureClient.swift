@@ -140,7 +140,7 @@ public final class SecureClient: Sendable {
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         try await self.session.request(topic: topic, headers: headers, body: body, timeout: timeout)
     }

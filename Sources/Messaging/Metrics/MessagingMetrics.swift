@@ -3,7 +3,8 @@ public import CoreMetrics
 /// The counters and gauges a server keeps, made from a swift-metrics factory.
 ///
 /// Names follow Prometheus conventions; the factory decides where they go (the process-wide
-/// `MetricsSystem` by default, or a Prometheus registry served by ``PrometheusEndpoint``).
+/// `MetricsSystem` by default, or a Prometheus registry, which the `MetricsEndpoint` library's
+/// `PrometheusEndpoint` serves).
 public struct MessagingMetrics: Sendable {
     /// Connections currently live (handshaking, open or draining).
     let sessionsActive: Meter

@@ -293,7 +293,7 @@ public final class ReconnectingClient: Service, Sendable {
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         try await self.request(topic: topic, headers: { _ in headers }, body: body, timeout: timeout)
     }
@@ -303,23 +303,16 @@ public final class ReconnectingClient: Service, Sendable {
         topic: String,
         headers: (Session) -> MessageHeaders,
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         let timeout = timeout ?? self.configuration.session.requestTimeout
         let start = ContinuousClock.now
-        let session = try await self.sessionForSending(within: Duration.nanoseconds(timeout.nanoseconds))
-        let left = Duration.nanoseconds(timeout.nanoseconds) - (ContinuousClock.now - start)
+        let session = try await self.sessionForSending(within: timeout)
+        let left = timeout - (ContinuousClock.now - start)
         guard left > .zero else {
             throw MessagingError(.requestTimedOut, "no response in time")
         }
-        let components = left.components
-        let nanoseconds = components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
-        return try await session.request(
-            topic: topic,
-            headers: headers(session),
-            body: body,
-            timeout: .nanoseconds(nanoseconds)
-        )
+        return try await session.request(topic: topic, headers: headers(session), body: body, timeout: left)
     }
 
     /// ``sessionForSending()``, giving up after `limit`.

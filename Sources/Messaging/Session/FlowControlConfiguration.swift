@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 
 /// Bounds on what a session buffers, both ways, and how it paces a peer (PROTOCOL.md "Flow
 /// control").
@@ -33,7 +33,7 @@ public struct FlowControlConfiguration: Sendable, Hashable {
     public var writeBufferLowWatermark: Int = 256 << 10
     /// How long the channel may stay unwritable (the peer reads nothing) before the peer is
     /// closed as a slow consumer with ERROR OVERLOADED.
-    public var slowConsumerTimeout: TimeAmount = .seconds(30)
+    public var slowConsumerTimeout: Duration = .seconds(30)
 
     /// Optional per-session rate limit on what the peer sends.
     public var rateLimit: RateLimit?
@@ -58,10 +58,9 @@ public struct RateLimit: Sendable, Hashable {
     /// DATA payload bytes per second, or `nil` for no byte limit.
     public var bytesPerSecond: Double?
     /// How long a peer may stay over the limit before it is closed.
-    public var gracePeriod: TimeAmount
+    public var gracePeriod: Duration
 
-    public init(messagesPerSecond: Double? = nil, bytesPerSecond: Double? = nil, gracePeriod: TimeAmount = .seconds(5))
-    {
+    public init(messagesPerSecond: Double? = nil, bytesPerSecond: Double? = nil, gracePeriod: Duration = .seconds(5)) {
         self.messagesPerSecond = messagesPerSecond
         self.bytesPerSecond = bytesPerSecond
         self.gracePeriod = gracePeriod

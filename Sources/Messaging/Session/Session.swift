@@ -33,7 +33,7 @@ public final class Session: Sendable {
     /// The current state.
     public var currentState: SessionState { self.state.withLockedValue { $0.lifecycle } }
     /// The round-trip time of the latest PING answered.
-    public var lastRoundTrip: TimeAmount? { self.state.withLockedValue { $0.lastRoundTrip } }
+    public var lastRoundTrip: Duration? { self.state.withLockedValue { $0.lastRoundTrip }.map { Duration($0) } }
     /// The latest FLOW signal from the peer.
     public var peerFlow: FlowSignal { self.state.withLockedValue { $0.peerFlow } }
     /// The number of ACKs received.
@@ -272,12 +272,12 @@ public final class Session: Sendable {
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
-        timeout: TimeAmount? = nil
+        timeout: Duration? = nil
     ) async throws -> Message {
         try Task.checkCancellation()
         try headers.validateForSending(extraBytes: Self.timeoutHeaderBytes)
         let promise = self.channel.eventLoop.makePromise(of: Message.self)
-        let deadline = self.channel.eventLoop.now + (timeout ?? self.configuration.requestTimeout)
+        let deadline = self.channel.eventLoop.now + TimeAmount(timeout ?? self.configuration.requestTimeout)
         self.send(
             OutboundMessage(
                 topic: topic,

@@ -1,17 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
 #endif
 
 /// The wall clock for frame timestamps.
 enum WallClock {
     /// Microseconds since the Unix epoch.
     static func nowMicroseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000)
+        UInt64(max(0, Date().timeIntervalSince1970 * 1_000_000))
     }
 }

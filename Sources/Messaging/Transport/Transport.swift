@@ -36,11 +36,11 @@ public struct TLSTransport: MessagingTransport {
     /// The context new connections use.
     public var context: TLSContext { self.current.withLockedValue { $0 } }
     /// How long the TLS handshake may take, from the TCP accept or connect.
-    public var handshakeTimeout: TimeAmount
+    public var handshakeTimeout: Duration
 
     private let current: NIOLockedValueBox<TLSContext>
 
-    public init(context: TLSContext, handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout) {
+    public init(context: TLSContext, handshakeTimeout: Duration = TLSHandler.defaultHandshakeTimeout) {
         self.current = NIOLockedValueBox(context)
         self.handshakeTimeout = handshakeTimeout
     }
@@ -48,7 +48,7 @@ public struct TLSTransport: MessagingTransport {
     /// Builds the context from `configuration`.
     public init(
         configuration: TLSConfiguration,
-        handshakeTimeout: TimeAmount = TLSHandler.defaultHandshakeTimeout
+        handshakeTimeout: Duration = TLSHandler.defaultHandshakeTimeout
     ) throws {
         self.init(context: try TLSContext(configuration: configuration), handshakeTimeout: handshakeTimeout)
     }

@@ -31,7 +31,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     public typealias OutboundOut = ByteBuffer
 
     /// The handshake timeout used when none is given: 10 seconds.
-    public static let defaultHandshakeTimeout: TimeAmount = .seconds(10)
+    public static let defaultHandshakeTimeout: Duration = .seconds(10)
     /// How long a close waits for close_notify to be written before closing anyway.
     static let closeNotifyWriteTimeout: TimeAmount = .seconds(1)
     /// Writes at least this large are handed to OpenSSL on their own rather than copied into
@@ -76,12 +76,12 @@ public final class TLSHandler: ChannelDuplexHandler {
         context: TLSContext,
         serverHostname: String? = nil,
         resumptionKey: String? = nil,
-        handshakeTimeout: TimeAmount? = TLSHandler.defaultHandshakeTimeout
+        handshakeTimeout: Duration? = TLSHandler.defaultHandshakeTimeout
     ) {
         self.tlsContext = context
         self.serverHostname = serverHostname
         self.resumptionKey = resumptionKey
-        self.handshakeTimeout = handshakeTimeout
+        self.handshakeTimeout = handshakeTimeout.map { TimeAmount($0) }
     }
 
     // MARK: - Lifecycle

@@ -4,6 +4,8 @@ import NIOCore
 /// continuously. A pure value: time comes in as arguments.
 struct RateLimiter {
     let limit: RateLimit
+    /// The limit's grace period, as the event loop counts time.
+    let gracePeriod: TimeAmount
     private var messageTokens: Double
     private var byteTokens: Double
     private var lastRefill: NIODeadline
@@ -12,6 +14,7 @@ struct RateLimiter {
 
     init(_ limit: RateLimit, now: NIODeadline) {
         self.limit = limit
+        self.gracePeriod = TimeAmount(limit.gracePeriod)
         self.messageTokens = limit.messagesPerSecond ?? 0
         self.byteTokens = limit.bytesPerSecond ?? 0
         self.lastRefill = now
@@ -53,13 +56,13 @@ struct RateLimiter {
     /// Whether the peer has been over the limit for longer than the grace period.
     func overGrace(now: NIODeadline) -> Bool {
         guard let since = self.throttledSince else { return false }
-        return now - since >= self.limit.gracePeriod
+        return now - since >= self.gracePeriod
     }
 
     /// How long until the grace period runs out (the whole period when not throttled).
     func graceRemaining(now: NIODeadline) -> TimeAmount {
-        guard let since = self.throttledSince else { return self.limit.gracePeriod }
-        return self.limit.gracePeriod - (now - since)
+        guard let since = self.throttledSince else { return self.gracePeriod }
+        return self.gracePeriod - (now - since)
     }
 
     /// How long until both buckets are back at zero or above.

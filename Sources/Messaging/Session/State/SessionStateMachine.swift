@@ -40,7 +40,7 @@ struct SessionStateMachine {
         var rateLimit: RateLimit?
         /// The bound on parked broadcast messages (the write-buffer high watermark).
         var offerLimit = FlowControlConfiguration().writeBufferHighWatermark
-        var slowConsumerTimeout = FlowControlConfiguration().slowConsumerTimeout
+        var slowConsumerTimeout = TimeAmount(FlowControlConfiguration().slowConsumerTimeout)
     }
 
     enum State: Equatable {
@@ -359,16 +359,16 @@ extension SessionStateMachine.Configuration {
         self.init(
             role: role,
             hello: hello,
-            heartbeatInterval: session.heartbeatInterval,
+            heartbeatInterval: TimeAmount(session.heartbeatInterval),
             maxFrame: session.maxFrame,
             requiredIdentity: nil,
             requireCertificateIdentity: requireCertificateIdentity,
             rejection: rejection,
-            helloTimeout: session.helloTimeout,
-            drainTimeout: session.drainTimeout,
+            helloTimeout: TimeAmount(session.helloTimeout),
+            drainTimeout: TimeAmount(session.drainTimeout),
             rateLimit: session.flowControl.rateLimit,
             offerLimit: session.flowControl.writeBufferHighWatermark,
-            slowConsumerTimeout: session.flowControl.slowConsumerTimeout
+            slowConsumerTimeout: TimeAmount(session.flowControl.slowConsumerTimeout)
         )
     }
 }
