@@ -4,6 +4,8 @@ import PackageDescription
 
 let package = Package(
     name: "smsg",
+    // Built and tested on Linux (Debian and Ubuntu, in CI). macOS 15 is the oldest macOS with
+    // the APIs the code uses (Duration, Mutex); macOS builds are not tested here.
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SecureTransport", targets: ["SecureTransport"]),
@@ -115,6 +117,7 @@ let package = Package(
                 "Cluster",
                 "EtcdElection",
                 "MetricsEndpoint",
+                "ToolSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -123,6 +126,27 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .target(
+            name: "ToolSupport",
+            dependencies: [
+                .product(name: "NIOPosix", package: "swift-nio")
+            ]
+        ),
+        .executableTarget(
+            name: "smsg-soak",
+            dependencies: [
+                "SecureTransport",
+                "Messaging",
+                "Cluster",
+                "EtcdElection",
+                "ToolSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

@@ -25,7 +25,9 @@ for n in "${counts[@]}"; do [ "$n" -gt "$max" ] && max=$n; done
 scripts/gen-certs.sh >/dev/null
 scripts/gen-soak-certs.sh "$max" >/dev/null
 swift build -c "$CONFIG" --product securemsg >/dev/null
+swift build -c "$CONFIG" --product smsg-soak >/dev/null
 bin="$(swift build -c "$CONFIG" --show-bin-path)/securemsg"
+soak_bin="$(swift build -c "$CONFIG" --show-bin-path)/smsg-soak"
 need=$((4 * max + 512))
 if [ "$(ulimit -n)" -lt "$need" ]; then ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
 
@@ -65,7 +67,7 @@ for n in "${counts[@]}"; do
     leader_b=${pids[2]}
     # The swarm's stdin is a pipe this script holds open; closing it stops the swarm.
     mkfifo "$run/stdin"
-    "$bin" failover-swarm --etcd "$ETCD_URL" --election bench --count "$n" --certs certs \
+    "$soak_bin" failover-swarm --etcd "$ETCD_URL" --election bench --count "$n" --certs certs \
       --collaborator-certs .build/soak-certs <"$run/stdin" >"$run/swarm.log" 2>&1 &
     pids+=($!)
     swarm=$!

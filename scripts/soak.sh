@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak: `securemsg soak` for MINUTES (default 30) — a leader in its own process, and
+# Soak: `smsg-soak soak` for MINUTES (default 30) — a leader in its own process, and
 # COLLABORATORS (default 200) collaborators in SWARMS (default 4) processes joining, leaving,
 # sending acknowledged messages, getting their connections cut, and whole processes killed
 # (SIGKILL) or frozen (SIGSTOP) at random. It fails unless no acknowledged message was lost,
@@ -21,8 +21,8 @@ CONFIG=${CONFIG:-release}
 scripts/ensure-deps.sh
 scripts/gen-certs.sh >/dev/null
 scripts/gen-soak-certs.sh "$COLLABORATORS" >&2
-swift build -c "$CONFIG" --product securemsg >&2
-bin="$(swift build -c "$CONFIG" --show-bin-path)/securemsg"
+swift build -c "$CONFIG" --product smsg-soak >&2
+bin="$(swift build -c "$CONFIG" --show-bin-path)/smsg-soak"
 # A sample every 5 s for short runs, every 30 s for long ones.
 sample=$((minutes > 5 ? 30 : 5))
 exec "$bin" soak --duration $((minutes * 60)) --collaborators "$COLLABORATORS" --swarms "$SWARMS" \

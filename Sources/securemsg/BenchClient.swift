@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SecureTransport
+import ToolSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -5,6 +5,7 @@ import Logging
 import Messaging
 import NIOCore
 import SecureTransport
+import ToolSupport
 
 /// `securemsg demo`: a leader and three collaborators over mutual TLS on 127.0.0.1.
 struct Demo: AsyncParsableCommand {

@@ -11,9 +11,7 @@ struct SecureMsg: AsyncParsableCommand {
         abstract: "TLS messaging over the system's OpenSSL.",
         version: version,
         subcommands: [
-            Demo.self, CertsCommand.self, LeaderCommand.self, CollaboratorCommand.self, Bench.self, Soak.self,
-            SoakLeader.self,
-            SoakSwarm.self, FailoverSwarm.self,
+            Demo.self, CertsCommand.self, LeaderCommand.self, CollaboratorCommand.self, Bench.self,
         ]
     )
 

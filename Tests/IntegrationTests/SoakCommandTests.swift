@@ -4,8 +4,14 @@ import Testing
 
 /// `securemsg soak` as a real process tree (an orchestrator, a leader process, swarm
 /// processes), briefly: CI runs the 2-minute form through scripts/soak.sh.
-@Suite("securemsg soak")
+@Suite("smsg-soak soak")
 struct SoakCommandTests {
+    /// The smsg-soak binary next to the test bundle (not part of the user-facing securemsg).
+    static var executable: String {
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        return bundle.appendingPathComponent("smsg-soak").path
+    }
+
     static let collaboratorCertificates: String = {
         let directory = "\(BenchServerTests.repositoryRoot)/.build/soak-certs"
         _ = try? runProcess("bash", ["\(BenchServerTests.repositoryRoot)/scripts/gen-soak-certs.sh", "6", directory])
@@ -15,7 +21,7 @@ struct SoakCommandTests {
     @Test("a 12-second soak with kills and freezes passes its checks and reports its figures")
     func shortSoak() async throws {
         let soak = try ChildProcess(
-            BenchServerTests.executable,
+            Self.executable,
             [
                 "soak", "--duration", "12", "--collaborators", "6", "--swarms", "2", "--chaos-interval", "4",
                 "--sample-interval", "2", "--seed", "7", "--certs", BenchServerTests.certificates,
@@ -45,7 +51,7 @@ struct SoakCommandTests {
     @Test("without the collaborators' certificates it says which script makes them")
     func missingCertificates() async throws {
         let soak = try ChildProcess(
-            BenchServerTests.executable,
+            Self.executable,
             ["soak", "--collaborators", "5", "--collaborator-certs", "/nonexistent"]
         )
         let status = await soak.waitForExit(timeout: 30)

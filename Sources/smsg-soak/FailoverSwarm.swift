@@ -7,8 +7,9 @@ import Messaging
 import NIOConcurrencyHelpers
 import NIOCore
 import SecureTransport
+import ToolSupport
 
-/// `securemsg failover-swarm`: many collaborators following one election, for
+/// `smsg-soak failover-swarm`: many collaborators following one election, for
 /// scripts/failover-bench.sh.
 ///
 /// Each collaborator sends a numbered message with `sendAcknowledged` every interval. The swarm

@@ -6,6 +6,7 @@ import Messaging
 import NIOConcurrencyHelpers
 import NIOCore
 import SecureTransport
+import ToolSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -13,7 +14,7 @@ import Glibc
 import Darwin
 #endif
 
-/// `securemsg soak`: a leader in a `soak-leader` child process, and collaborators in
+/// `smsg-soak soak`: a leader in a `soak-leader` child process, and collaborators in
 /// `soak-swarm` child processes that join, leave, send and get killed at random; then the
 /// checks, on what the children report and on the leader's /proc entries.
 struct Soak: AsyncParsableCommand {
@@ -195,9 +196,10 @@ final class LineProcess: Sendable {
 
     init(_ arguments: [String], onLine: @escaping @Sendable (Substring) -> Void) throws {
         let process = Process()
-        process.executableURL = URL(
-            fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        )
+        guard let executable = Bundle.main.executablePath else {
+            throw ValidationError("cannot find this executable's path to start its children")
+        }
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         let input = Pipe()
         let output = Pipe()
@@ -276,8 +278,10 @@ final class LineProcess: Sendable {
         return self.process.terminationReason == .exit && self.process.terminationStatus == 0 ? .clean : .failed
     }
 
-    /// The process's open file descriptors and what they refer to.
+    /// The process's open file descriptors and what they refer to (from /proc: Linux only;
+    /// empty elsewhere).
     func openFiles() -> [Int: String] {
+        #if os(Linux)
         let directory = "/proc/\(self.pid)/fd"
         var files: [Int: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
@@ -285,15 +289,22 @@ final class LineProcess: Sendable {
             files[fd] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\(entry)")) ?? "?"
         }
         return files
+        #else
+        return [:]
+        #endif
     }
 
-    /// VmRSS of the process, from /proc/PID/status.
+    /// VmRSS of the process, from /proc/PID/status (Linux only; -1 elsewhere).
     func residentKiB() -> Int {
+        #if os(Linux)
         guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8) else { return -1 }
         for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
             return Int(line.split(separator: " ")[1]) ?? -1
         }
         return -1
+        #else
+        return -1
+        #endif
     }
 }
 

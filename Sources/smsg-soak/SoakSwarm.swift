@@ -6,8 +6,9 @@ import Messaging
 import NIOConcurrencyHelpers
 import NIOCore
 import SecureTransport
+import ToolSupport
 
-/// `securemsg soak-swarm`: the collaborators of one process of `securemsg soak`.
+/// `smsg-soak soak-swarm`: the collaborators of one process of `smsg-soak soak`.
 ///
 /// Each slot runs one collaborator after another under the slot's node_id. Each one (an
 /// "instance", named at random) sends numbered messages with `sendAcknowledged`, one at a time,
@@ -17,7 +18,7 @@ import SecureTransport
 struct SoakSwarm: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soak-swarm",
-        abstract: "Collaborators of one soak process (started by securemsg soak).",
+        abstract: "Collaborators of one soak process (started by smsg-soak soak).",
         shouldDisplay: false
     )
 
@@ -230,7 +231,7 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 }
 
-/// `securemsg soak-leader`: the leader of `securemsg soak`, in a process of its own so that
+/// `smsg-soak soak-leader`: the leader of `smsg-soak soak`, in a process of its own so that
 /// its descriptors and memory are measured alone.
 ///
 /// Writes `port N` once listening, `recv INSTANCE SEQ` for every message its handler gets,
@@ -240,7 +241,7 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
 struct SoakLeader: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "soak-leader",
-        abstract: "The leader of a soak (started by securemsg soak).",
+        abstract: "The leader of a soak (started by smsg-soak soak).",
         shouldDisplay: false
     )
 

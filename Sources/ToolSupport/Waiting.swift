@@ -7,7 +7,7 @@ import Darwin
 #endif
 
 /// Blocks a thread of its own until stdin reaches its end.
-func waitForEndOfInput() async {
+package func waitForEndOfInput() async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
         let thread = NIOThreadPool(numberOfThreads: 1)
         thread.start()
@@ -22,7 +22,7 @@ func waitForEndOfInput() async {
 }
 
 /// Polls `condition` every `interval` until it holds (true) or `seconds` pass (false).
-func poll(seconds: Int, every interval: Duration = .milliseconds(100), _ condition: () -> Bool) async -> Bool {
+package func poll(seconds: Int, every interval: Duration = .milliseconds(100), _ condition: () -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while ContinuousClock.now < deadline {
         if condition() { return true }
