@@ -173,6 +173,18 @@ let package = Package(
             ],
             path: "Examples/cluster-example"
         ),
+        .target(
+            name: "DocSnippets",
+            dependencies: [
+                "Cluster",
+                "EtcdElection",
+                "Messaging",
+                "SecureTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/DocSnippets"
+        ),
         .executableTarget(
             name: "smsg-fuzz",
             dependencies: [

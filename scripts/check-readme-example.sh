@@ -2,7 +2,8 @@
 # The documented examples must be exactly the example programs CI compiles and runs: the
 # README's messaging example is Examples/smsg-example/Example.swift, and the cluster example
 # in the README and in the Cluster DocC catalogue is Examples/cluster-example/Example.swift, and
-# the README's test is Tests/UserTests/ReadmeExample.swift.
+# the README's test is Tests/UserTests/ReadmeExample.swift, as SecureMessagingTesting's overview
+# test is Tests/UserTests/DocCExample.swift. scripts/check-doc-snippets.py checks the fragments.
 # This keeps the documented API honest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,7 @@ check() {
 check README.md example Examples/smsg-example/Example.swift
 check README.md cluster-example Examples/cluster-example/Example.swift
 check README.md user-test Tests/UserTests/ReadmeExample.swift
+check Sources/SecureMessagingTesting/Docs.docc/index.md testing-example Tests/UserTests/DocCExample.swift
 check Sources/Cluster/Docs.docc/LeaderAndCollaborators.md cluster-example Examples/cluster-example/Example.swift
+python3 scripts/check-doc-snippets.py || status=1
 exit $status
