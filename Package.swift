@@ -99,6 +99,8 @@ let package = Package(
                 "SecureTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -162,14 +164,8 @@ let package = Package(
         .executableTarget(
             name: "cluster-example",
             dependencies: [
-                "Cluster",
-                "Messaging",
-                "SecureTransport",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "SecureMessaging",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Examples/cluster-example"
         ),

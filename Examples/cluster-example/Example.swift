@@ -1,11 +1,5 @@
-import Cluster
-import Logging
-import Messaging
-import NIOCore
-import SecureTransport
-import ServiceLifecycle
+import SecureMessaging
 import Tracing
-import UnixSignals
 
 struct Sum: Codable {
     var numbers: [Int]
