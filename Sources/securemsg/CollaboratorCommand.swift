@@ -82,11 +82,19 @@ struct CollaboratorCommand: AsyncParsableCommand {
         var effective = EffectiveSettings()
     }
 
-    func settings() throws -> Settings {
-        let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
+    func settings() async throws -> Settings {
+        let flags: [String: String?] = [
+            "leader": self.leader, "id": self.id, "cert": self.cert, "key": self.key, "ca": self.ca,
+            "server_name": self.serverName, "status": self.status,
+        ]
+        let source = try await SettingsSource(
+            knownKeys: Settings.keys,
+            flags: flags.merging(self.common.flagValues) { $1 }.merging(self.electionOptions.flagValues) { $1 },
+            configFile: self.config
+        )
         var effective = EffectiveSettings()
         let election = try self.electionOptions.configuration(from: source, effective: &effective)
-        let leader = try source.parsed("leader", flag: self.leader) { try HostPort($0) }
+        let leader = try source.parsed("leader") { try HostPort($0) }
         if election == nil, leader == nil {
             throw ValidationError(
                 "leader is required: give --leader, SMSG_LEADER or \"leader\" in a config file (or --etcd and --election)"
@@ -95,7 +103,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
         if election != nil, leader != nil {
             throw ValidationError("give either the leader's address or an election (--etcd), not both")
         }
-        let id = try source.requiredParsed("id", flag: self.id) { id in
+        let id = try source.requiredParsed("id") { id in
             guard Hello.isValidNodeID(id) else {
                 throw ValidationError("must be 1 to 128 of A-Z a-z 0-9 . _ : @ -, got \"\(id)\"")
             }
@@ -104,11 +112,11 @@ struct CollaboratorCommand: AsyncParsableCommand {
         var settings = Settings(
             leader: leader,
             id: id,
-            cert: try source.requiredString("cert", flag: self.cert),
-            key: try source.requiredString("key", flag: self.key),
-            ca: try source.requiredString("ca", flag: self.ca),
-            serverName: try source.string("server_name", flag: self.serverName)?.0,
-            status: try source.string("status", flag: self.status)?.0,
+            cert: try source.requiredString("cert"),
+            key: try source.requiredString("key"),
+            ca: try source.requiredString("ca"),
+            serverName: try source.string("server_name")?.0,
+            status: try source.string("status")?.0,
             election: election,
             effective: effective
         )
@@ -124,7 +132,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let settings = try self.settings()
+        let settings = try await self.settings()
         if self.printConfig {
             print(settings.effective.json)
             return

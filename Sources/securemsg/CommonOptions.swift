@@ -22,6 +22,11 @@ struct CommonOptions: ParsableArguments {
     )
     var keyPassphraseFile: String?
 
+    /// The flags given, by key (the passphrase itself has none).
+    var flagValues: [String: String?] {
+        ["log_level": self.logLevel, "heartbeat": self.heartbeat, "key_passphrase_file": self.keyPassphraseFile]
+    }
+
     struct Values {
         var logLevel: Logger.Level = .notice
         var heartbeat: Duration?
@@ -30,14 +35,14 @@ struct CommonOptions: ParsableArguments {
 
     func values(from source: SettingsSource, effective: inout EffectiveSettings) throws -> Values {
         var values = Values()
-        if let level = try source.parsed("log_level", flag: self.logLevel, Self.level) {
+        if let level = try source.parsed("log_level", Self.level) {
             values.logLevel = level
             effective.set("log_level", level.rawValue)
         }
-        values.heartbeat = try source.parsed("heartbeat", flag: self.heartbeat, Self.heartbeat)
-        effective.set("heartbeat", try source.string("heartbeat", flag: self.heartbeat)?.0)
-        let file = try source.string("key_passphrase_file", flag: self.keyPassphraseFile)
-        let inline = try source.string("key_passphrase", flag: nil)
+        values.heartbeat = try source.parsed("heartbeat", Self.heartbeat)
+        effective.set("heartbeat", try source.string("heartbeat")?.0)
+        let file = try source.string("key_passphrase_file")
+        let inline = try source.string("key_passphrase")
         if file != nil, inline != nil {
             throw ValidationError("give the key's passphrase once: key_passphrase_file or key_passphrase, not both")
         }

@@ -39,24 +39,24 @@ struct ElectionOptions: ParsableArguments {
     ) throws
         -> EtcdElectionConfiguration?
     {
-        guard let endpoints = try source.parsed("etcd", flag: self.etcd, Self.endpoints) else {
-            for key in Self.keys.dropFirst() where try source.string(key, flag: self.flag(key)) != nil {
+        guard let endpoints = try source.parsed("etcd", Self.endpoints) else {
+            for key in Self.keys.dropFirst() where try source.string(key) != nil {
                 throw ValidationError("\(key) is for an election: give the etcd endpoints too (--etcd)")
             }
             return nil
         }
-        let name = try source.requiredString("election", flag: self.election)
+        let name = try source.requiredString("election")
         var configuration = EtcdElectionConfiguration(endpoints: endpoints, electionName: name)
-        let ttl = try source.parsed("lease_ttl", flag: self.leaseTtl) { text -> Int in
+        let ttl = try source.parsed("lease_ttl") { text -> Int in
             guard let seconds = Int(text), (1...3600).contains(seconds) else {
                 throw ValidationError("must be whole seconds from 1 to 3600, got \"\(text)\"")
             }
             return seconds
         }
         configuration.leaseTTL = .seconds(ttl ?? 5)
-        let ca = try source.string("etcd_ca", flag: self.etcdCa)?.0
-        let cert = try source.string("etcd_cert", flag: self.etcdCert)?.0
-        let key = try source.string("etcd_key", flag: self.etcdKey)?.0
+        let ca = try source.string("etcd_ca")?.0
+        let cert = try source.string("etcd_cert")?.0
+        let key = try source.string("etcd_key")?.0
         guard (cert == nil) == (key == nil) else {
             throw ValidationError("etcd_cert and etcd_key go together")
         }
@@ -84,15 +84,12 @@ struct ElectionOptions: ParsableArguments {
         return configuration
     }
 
-    private func flag(_ key: String) -> String? {
-        switch key {
-        case "election": self.election
-        case "lease_ttl": self.leaseTtl
-        case "etcd_ca": self.etcdCa
-        case "etcd_cert": self.etcdCert
-        case "etcd_key": self.etcdKey
-        default: self.etcd
-        }
+    /// The flags given, by key.
+    var flagValues: [String: String?] {
+        [
+            "etcd": self.etcd, "election": self.election, "lease_ttl": self.leaseTtl, "etcd_ca": self.etcdCa,
+            "etcd_cert": self.etcdCert, "etcd_key": self.etcdKey,
+        ]
     }
 
     private static func endpoints(_ text: String) throws -> [String] {

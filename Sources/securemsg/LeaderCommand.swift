@@ -102,17 +102,26 @@ struct LeaderCommand: AsyncParsableCommand {
         var effective = EffectiveSettings()
     }
 
-    func settings() throws -> Settings {
-        let source = try SettingsSource(knownKeys: Settings.keys, configFile: self.config)
+    func settings() async throws -> Settings {
+        let flags: [String: String?] = [
+            "listen": self.listen, "cert": self.cert, "key": self.key, "ca": self.ca, "metrics": self.metrics,
+            "crl": self.crl, "advertise": self.advertise, "allow": self.allow,
+        ]
+        let source = try await SettingsSource(
+            knownKeys: Settings.keys,
+            flags: flags.merging(self.common.flagValues) { $1 }.merging(self.electionOptions.flagValues) { $1 },
+            switches: ["require_client_cert": self.requireClientCert],
+            configFile: self.config
+        )
         var settings = Settings(
-            listen: try source.parsed("listen", flag: self.listen) { try HostPort($0) } ?? HostPort("127.0.0.1:7443"),
-            cert: try source.requiredString("cert", flag: self.cert),
-            key: try source.requiredString("key", flag: self.key),
-            ca: try source.requiredString("ca", flag: self.ca),
-            requireClientCert: try source.bool("require_client_cert", flag: self.requireClientCert),
-            metrics: try source.parsed("metrics", flag: self.metrics) { try HostPort($0) },
-            crl: try source.string("crl", flag: self.crl)?.0,
-            advertise: try source.parsed("advertise", flag: self.advertise) { try HostPort($0) }
+            listen: try source.parsed("listen") { try HostPort($0) } ?? HostPort("127.0.0.1:7443"),
+            cert: try source.requiredString("cert"),
+            key: try source.requiredString("key"),
+            ca: try source.requiredString("ca"),
+            requireClientCert: try source.bool("require_client_cert"),
+            metrics: try source.parsed("metrics") { try HostPort($0) },
+            crl: try source.string("crl")?.0,
+            advertise: try source.parsed("advertise") { try HostPort($0) }
         )
         settings.effective.set("listen", "\(settings.listen)")
         settings.effective.set("cert", settings.cert)
@@ -121,7 +130,7 @@ struct LeaderCommand: AsyncParsableCommand {
         settings.effective.set("require_client_cert", settings.requireClientCert)
         settings.effective.set("metrics", settings.metrics.map { "\($0)" })
         settings.effective.set("crl", settings.crl)
-        settings.allow = try source.parsed("allow", flag: self.allow) { text -> Set<String> in
+        settings.allow = try source.parsed("allow") { text -> Set<String> in
             let ids = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             guard !ids.isEmpty, ids.allSatisfy(Hello.isValidNodeID) else {
                 throw ValidationError("expected node ids separated by commas, got \"\(text)\"")
@@ -145,7 +154,7 @@ struct LeaderCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let settings = try self.settings()
+        let settings = try await self.settings()
         if self.printConfig {
             print(settings.effective.json)
             return

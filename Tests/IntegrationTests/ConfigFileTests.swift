@@ -166,7 +166,7 @@ struct ConfigFileTests {
             (["listen": "nowhere"], [#"config key "listen""#, "HOST:PORT"]),
             (["listen": 7443], [#"config key "listen""#, "expected a string, got 7443"]),
             (["require_client_cert": "yes"], [#"config key "require_client_cert""#, "expected true or false"]),
-            (["require_client_cert": 1], [#"config key "require_client_cert""#, "expected true or false"]),
+            (["require_client_cert": [true]], [#"config key "require_client_cert""#, "expected true or false"]),
             (["lisen": "127.0.0.1:7443"], [#"unknown key "lisen""#, "known keys: listen"]),
         ]
         for (extra, expected) in cases {
@@ -256,11 +256,20 @@ struct ConfigFileTests {
             "collaborator", "--leader", "127.0.0.1:7443", "--id", "collab-1", "--cert", "\(certs)/collab-1.pem",
             "--key", "\(certs)/collab-1.key", "--ca", "\(certs)/ca.pem", "--print-config",
         ]
+        // swift-configuration's access log (CONFIG_ACCESS_LOG_FILE) names the secret, never its value.
+        let accessLog = FileManager.default.temporaryDirectory.appendingPathComponent("smsg-access-\(UUID()).log").path
+        defer { try? FileManager.default.removeItem(atPath: accessLog) }
         let (envStatus, envOutput) = try await Self.run(
             collaborator,
-            environment: ["SMSG_KEY_PASSPHRASE": "from-the-environment", "SMSG_LOG_LEVEL": "debug"]
+            environment: [
+                "SMSG_KEY_PASSPHRASE": "from-the-environment", "SMSG_LOG_LEVEL": "debug",
+                "CONFIG_ACCESS_LOG_FILE": accessLog,
+            ]
         )
         #expect(envStatus == 0, "\(envOutput)")
+        let accesses = try String(contentsOfFile: accessLog, encoding: .utf8)
+        #expect(accesses.contains("key_passphrase -> \"<REDACTED>\""), "\(accesses)")
+        #expect(!accesses.contains("from-the-environment"))
         #expect(try Self.printed(envOutput)["key_passphrase"] as? String == "<redacted>")
         #expect(try Self.printed(envOutput)["log_level"] as? String == "debug")
         #expect(!envOutput.contains("from-the-environment"))
