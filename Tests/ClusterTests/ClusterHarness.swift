@@ -11,7 +11,7 @@ import Testing
 import Tracing
 
 /// The test CA of scripts/gen-certs.sh, plus client certificates for `collab-1` … `collab-N`
-/// made on demand with the openssl CLI.
+/// issued on demand, in memory, by that CA (SecureTransport's `CertificateAuthority`).
 enum ClusterCertificates {
     static let root: String = {
         var url = URL(fileURLWithPath: #filePath)
@@ -27,56 +27,29 @@ enum ClusterCertificates {
 
     static func path(_ name: String) -> String { "\(directory)/\(name)" }
 
-    private static let lock = NIOLock()
-
-    /// Makes (once) a client certificate whose CN and SAN DNS name are `name`.
-    ///
-    /// The openssl runs block their thread, so they run on NIO's thread pool: blocking Swift's
-    /// cooperative pool (two threads on a two-core machine) stalled every test in the process for
-    /// seconds on a clean clone, where no client certificate exists yet.
-    static func client(_ name: String) async throws -> (cert: String, key: String) {
-        try await NIOThreadPool.singleton.runIfActive {
-            try self.lock.withLock { try self.makeClient(name) }
-        }
+    /// The fixtures' CA, able to issue.
+    static let authority = Result {
+        try CertificateAuthority(
+            root: CertificateAndKey(
+                certificatePEM: try String(contentsOfFile: path("ca.pem"), encoding: .utf8),
+                privateKeyPEM: try String(contentsOfFile: path("ca.key"), encoding: .utf8)
+            )
+        )
     }
 
-    private static func makeClient(_ name: String) throws -> (cert: String, key: String) {
-        let cert = path("\(name).pem")
-        let key = path("\(name).key")
-        if FileManager.default.fileExists(atPath: cert), FileManager.default.fileExists(atPath: key) {
-            return (cert, key)
+    private static let issued = NIOLockedValueBox<[String: CertificateAndKey]>([:])
+
+    /// A client certificate whose CN and SAN DNS name are `name` (made once per process).
+    static func client(_ name: String) throws -> CertificateAndKey {
+        if let made = self.issued.withLockedValue({ $0[name] }) { return made }
+        let made = try self.authority.get().issue(
+            CertificateRequest(commonName: name, dnsNames: [name], usage: .client, validity: .seconds(30 * 86_400))
+        )
+        return self.issued.withLockedValue { issued in
+            if let first = issued[name] { return first }
+            issued[name] = made
+            return made
         }
-        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("smsg-\(name)-\(UUID())").path
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        _ = try runProcess(
-            "openssl",
-            ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "\(scratch)/k"]
-        )
-        _ = try runProcess(
-            "openssl",
-            ["req", "-new", "-key", "\(scratch)/k", "-subj", "/CN=\(name)", "-out", "\(scratch)/r"]
-        )
-        let extensions = "\(scratch)/ext"
-        try "subjectAltName=DNS:\(name)\nextendedKeyUsage=clientAuth\n".write(
-            toFile: extensions,
-            atomically: true,
-            encoding: .utf8
-        )
-        _ = try runProcess(
-            "openssl",
-            [
-                "x509", "-req", "-in", "\(scratch)/r", "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
-                "-set_serial", "\(UInt32.random(in: 1...UInt32.max))", "-days", "30", "-sha256",
-                "-extfile", extensions, "-out", "\(scratch)/c",
-            ]
-        )
-        // Move into place key first, certificate last: a half-made pair is never picked up.
-        try? FileManager.default.removeItem(atPath: key)
-        try FileManager.default.moveItem(atPath: "\(scratch)/k", toPath: key)
-        try? FileManager.default.removeItem(atPath: cert)
-        try FileManager.default.moveItem(atPath: "\(scratch)/c", toPath: cert)
-        return (cert, key)
     }
 
     static func leaderTransport() throws -> TLSTransport {
@@ -92,9 +65,9 @@ enum ClusterCertificates {
     static func collaboratorTransport(_ name: String?) async throws -> TLSTransport {
         var config = TLSConfiguration.makeClientConfiguration(trustRoots: .file(path("ca.pem")))
         if let name {
-            let (cert, key) = try await client(name)
-            config.certificateChain = .file(cert)
-            config.privateKey = .file(key)
+            let issued = try client(name)
+            config.certificateChain = issued.certificateChain
+            config.privateKey = issued.privateKey
         }
         return try TLSTransport(configuration: config)
     }

@@ -212,7 +212,7 @@ struct ClusterLoadTests {
     func fiftyJoin() async throws {
         let names = (1...50).map { "collab-\($0)" }
         for name in names {
-            _ = try await ClusterCertificates.client(name)
+            _ = try ClusterCertificates.client(name)
         }
         try await withLeader { leader, port, log in
             var collaborators: [(Collaborator, Task<Void, any Error>)] = []
