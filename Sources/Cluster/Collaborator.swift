@@ -82,7 +82,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// elected leader once ``run()`` runs, moves to a new one as soon as the election says so,
     /// and never joins a leader whose HELLO announces a term lower than the highest it has seen
     /// (nor a server that announces none). Acknowledged sends not yet acknowledged go again to
-    /// the new leader.
+    /// the new leader. It retries after an identity refusal too
+    /// (`ReconnectPolicy.retriesIdentityRefusals` is set): the next leader elected may take it.
     ///
     /// - Parameters:
     ///   - election: the election to follow, e.g. an `EtcdLeaderElection`.
@@ -105,6 +106,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         coder: MessageCoder = .json
     ) {
         let follower = LeaderFollower(election: election)
+        var configuration = configuration
+        configuration.reconnect.retriesIdentityRefusals = true
         self.init(
             target: {
                 let leader = try await follower.leaderToJoin()

@@ -25,9 +25,14 @@ public struct TestCertificates: Sendable {
     ///   - usage: Server, client or both.
     ///   - uris: URIs to add, such as a SPIFFE ID.
     /// - Returns: The certificate and its key.
-    /// - Throws: `TLSError` for a name a certificate cannot hold.
+    /// - Throws: `TLSError` for a name a certificate cannot hold, or a server certificate for a
+    ///   name that is not a DNS name (`localhost` would come first and be taken for its
+    ///   identity).
     public func issue(_ name: String, usage: CertificateUsage, uris: [String] = []) throws -> CertificateAndKey {
         var dnsNames = CertificateRequest.isDNSName(name) ? [name] : []
+        if dnsNames.isEmpty, usage.contains(.server) {
+            throw TLSError(.invalidCertificate, "\"\(name)\" is not a DNS name: it can name a client certificate only")
+        }
         var addresses: [String] = []
         if usage.contains(.server) {
             dnsNames.append("localhost")

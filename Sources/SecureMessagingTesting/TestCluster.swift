@@ -44,6 +44,8 @@ public final class TestCluster: Sendable {
         var events: [MembershipEvent] = []
         var waiters: [Int: Waiter] = [:]
         var nextWaiter = 0
+        /// Waits begun and not yet over, registered or not.
+        var pending: Set<Int> = []
         /// Failures (a timeout, a cancellation) that came before their waiter was registered.
         var earlyFailures: [Int: any Error] = [:]
         var collaborators: [(Collaborator, Task<Void, any Error>)] = []
@@ -152,13 +154,55 @@ public final class TestCluster: Sendable {
             logger: self.logger
         )
         setUp(collaborator)
-        let running = Task { try await collaborator.run() }
+        // How its run() ended, should it end before it joins (refused, for instance).
+        let (ended, endedContinuation) = AsyncStream<(any Error)?>.makeStream()
+        let running = Task {
+            defer { endedContinuation.finish() }
+            do {
+                try await collaborator.run()
+                endedContinuation.yield(nil)
+            } catch {
+                endedContinuation.yield(error)
+                throw error
+            }
+        }
         self.state.withLock { $0.collaborators.append((collaborator, running)) }
-        try await self.waitForEvent(from: from, timeout: timeout, awaiting: "\(nodeID) to join") { event in
-            if case .joined(let record) = event { return record.nodeID == nodeID }
-            return false
+        do {
+            try await self.waitUntilJoined(nodeID, from: from, timeout: timeout, ended: ended)
+        } catch {
+            // Its failure is reported here, once: stop() neither waits for it nor throws it again.
+            self.state.withLock { state in state.collaborators.removeAll { $0.0 === collaborator } }
+            await collaborator.leave()
+            _ = try? await running.value
+            throw error
         }
         return collaborator
+    }
+
+    /// Waits for `nodeID`'s join, or for its run to end first (then throws how it ended).
+    private func waitUntilJoined(
+        _ nodeID: String,
+        from: Int,
+        timeout: Duration,
+        ended: AsyncStream<(any Error)?>
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await self.waitForEvent(from: from, timeout: timeout, awaiting: "\(nodeID) to join") { event in
+                    if case .joined(let record) = event { return record.nodeID == nodeID }
+                    return false
+                }
+            }
+            group.addTask {
+                for await end in ended {
+                    throw end ?? TestClusterTimeout(awaited: "\(nodeID) to join (it stopped first)", timeout: timeout)
+                }
+                // Only a cancelled wait gets here.
+                try Task.checkCancellation()
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
     }
 
     /// The first membership event at index `from` or later (counting every event so far)
@@ -181,26 +225,41 @@ public final class TestCluster: Sendable {
     ) async throws -> MembershipEvent {
         let id = self.state.withLock { state in
             state.nextWaiter += 1
+            state.pending.insert(state.nextWaiter)
             return state.nextWaiter
         }
         let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
+            do {
+                try await Task.sleep(for: timeout)
+            } catch {
+                return  // The wait is over: cancelled.
+            }
             self?.resume(id, with: .failure(TestClusterTimeout(awaited: awaiting, timeout: timeout)))
         }
         defer {
             timer.cancel()
-            self.state.withLock { _ = $0.earlyFailures.removeValue(forKey: id) }
+            self.state.withLock { state in
+                state.pending.remove(id)
+                state.earlyFailures[id] = nil
+                state.waiters[id] = nil
+            }
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let found = self.state.withLock { state -> Result<MembershipEvent, any Error>? in
-                    if let failure = state.earlyFailures.removeValue(forKey: id) { return .failure(failure) }
-                    let start = min(max(from, 0), state.events.count)
-                    if let event = state.events[start...].first(where: predicate) { return .success(event) }
+                // Registered first, then the events before it searched (outside the lock: the
+                // predicate is the caller's code): an event recorded in between is seen by both,
+                // and the first to resume wins.
+                let (early, past) = self.state.withLock { state -> ((any Error)?, [MembershipEvent]) in
+                    if let failure = state.earlyFailures.removeValue(forKey: id) { return (failure, []) }
                     state.waiters[id] = Waiter(predicate: predicate, continuation: continuation)
-                    return nil
+                    let start = min(max(from, 0), state.events.count)
+                    return (nil, Array(state.events[start...]))
                 }
-                if let found { continuation.resume(with: found) }
+                if let early {
+                    continuation.resume(throwing: early)
+                } else if let found = past.first(where: predicate) {
+                    self.resume(id, with: .success(found))
+                }
             }
         } onCancel: {
             self.resume(id, with: .failure(CancellationError()))
@@ -219,8 +278,10 @@ public final class TestCluster: Sendable {
         timeout: Duration = .seconds(10),
         _ condition: @escaping @Sendable () -> Bool
     ) async throws {
-        if condition() { return }
+        // The count first: an event that makes the condition hold just after the check is then
+        // still searched.
         let from = self.events.count
+        if condition() { return }
         try await self.waitForEvent(from: from, timeout: timeout, awaiting: awaiting) { _ in condition() }
     }
 
@@ -244,31 +305,27 @@ public final class TestCluster: Sendable {
         if let firstError { throw firstError }
     }
 
+    /// Keeps `event` and ends the waits it matches. The predicates run outside the lock: they
+    /// are the caller's code, and may read the cluster.
     private func record(_ event: MembershipEvent) {
-        let matched = self.state.withLock { state -> [CheckedContinuation<MembershipEvent, any Error>] in
+        let waiters = self.state.withLock { state in
             state.events.append(event)
-            var matched: [CheckedContinuation<MembershipEvent, any Error>] = []
-            for (id, waiter) in state.waiters where waiter.predicate(event) {
-                matched.append(waiter.continuation)
-                state.waiters[id] = nil
-            }
-            return matched
+            return state.waiters
         }
-        for continuation in matched {
-            continuation.resume(returning: event)
+        for (id, waiter) in waiters where waiter.predicate(event) {
+            self.resume(id, with: .success(event))
         }
     }
 
-    /// Ends waiter `id` with `result`, or keeps a failure for it if it is not registered yet.
+    /// Ends wait `id` with `result` if it is registered; keeps a failure for a wait not yet
+    /// registered; ignores a wait already over.
     private func resume(_ id: Int, with result: Result<MembershipEvent, any Error>) {
         let waiter = self.state.withLock { state -> Waiter? in
-            guard let waiter = state.waiters.removeValue(forKey: id) else {
-                if case .failure(let error) = result, state.earlyFailures[id] == nil {
-                    state.earlyFailures[id] = error
-                }
-                return nil
+            if let waiter = state.waiters.removeValue(forKey: id) { return waiter }
+            if case .failure(let error) = result, state.pending.contains(id), state.earlyFailures[id] == nil {
+                state.earlyFailures[id] = error
             }
-            return waiter
+            return nil
         }
         waiter?.continuation.resume(with: result)
     }

@@ -41,7 +41,7 @@ struct CertsCA: ParsableCommand {
     var force = false
 
     func run() throws {
-        guard self.days > 0 else { throw ValidationError("--days must be positive") }
+        guard (1...36_500).contains(self.days) else { throw ValidationError("--days must be from 1 to 36500") }
         let authority = try CertificateAuthority(commonName: self.name, validity: .seconds(self.days * 86_400))
         let files = CertificateFiles(directory: self.dir)
         try files.write(authority.root, as: "ca", force: self.force)
@@ -55,8 +55,10 @@ struct CertsIssue: ParsableCommand {
         abstract: "Issue a certificate and key for NAME, signed by the authority: NAME.pem and NAME.key.",
         discussion: """
             NAME is the common name and, when it is a DNS name, the first DNS name: the identity \
-            smsg/1 binds a node to by default. A server certificate also names localhost, \
-            127.0.0.1 and ::1. Neither --server nor --client means both.
+            smsg/1 binds a node to by default. A NAME that is not a DNS name (node ids may hold \
+            _ : @) is the common name only, for a client certificate: the default mapping then \
+            takes the common name. A server certificate also names localhost, 127.0.0.1 and ::1. \
+            Neither --server nor --client means both.
             """
     )
 
@@ -88,7 +90,7 @@ struct CertsIssue: ParsableCommand {
     var force = false
 
     func validate() throws {
-        guard self.days > 0 else { throw ValidationError("--days must be positive") }
+        guard (1...36_500).contains(self.days) else { throw ValidationError("--days must be from 1 to 36500") }
         guard !self.name.isEmpty, !self.name.contains("/") else {
             throw ValidationError("NAME must be non-empty and hold no '/': it names the files")
         }
@@ -102,7 +104,7 @@ struct CertsIssue: ParsableCommand {
         if self.client { usage.insert(.client) }
         if usage.isEmpty { usage = [.server, .client] }
         let issued = try authority.issue(
-            Self.request(name: self.name, usage: usage, dns: self.dns, ip: self.ip, uri: self.uri, days: self.days)
+            try Self.request(name: self.name, usage: usage, dns: self.dns, ip: self.ip, uri: self.uri, days: self.days)
         )
         try files.write(issued, as: self.name, force: self.force)
         print("wrote \(files.certificatePath(self.name)) and \(files.keyPath(self.name))")
@@ -117,8 +119,15 @@ struct CertsIssue: ParsableCommand {
         ip: [String] = [],
         uri: [String] = [],
         days: Int = 365
-    ) -> CertificateRequest {
+    ) throws -> CertificateRequest {
         var dnsNames = CertificateRequest.isDNSName(name) ? [name] : []
+        if dnsNames.isEmpty, usage.contains(.server) || !dns.isEmpty {
+            // Another DNS name would come first and be taken for the node's identity.
+            throw ValidationError(
+                "\"\(name)\" is not a DNS name, so it can name only a client certificate without --dns "
+                    + "(its identity is then the common name): use --client, or a DNS-style name"
+            )
+        }
         var addresses: [String] = []
         if usage.contains(.server) {
             dnsNames.append("localhost")

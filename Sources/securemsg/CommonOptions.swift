@@ -41,10 +41,19 @@ struct CommonOptions: ParsableArguments {
         }
         values.heartbeat = try source.parsed("heartbeat", Self.heartbeat)
         effective.set("heartbeat", try source.string("heartbeat")?.0)
-        let file = try source.string("key_passphrase_file")
-        let inline = try source.string("key_passphrase")
-        if file != nil, inline != nil {
-            throw ValidationError("give the key's passphrase once: key_passphrase_file or key_passphrase, not both")
+        var file = try source.string("key_passphrase_file")
+        var inline = try source.string("key_passphrase")
+        if let (_, fileOrigin) = file, let (_, inlineOrigin) = inline {
+            // Two keys for one thing: the one from the stronger place wins (flag, environment,
+            // file); from the same place, it is ambiguous.
+            switch fileOrigin.rank - inlineOrigin.rank {
+            case ..<0: inline = nil
+            case 1...: file = nil
+            default:
+                throw ValidationError(
+                    "\(fileOrigin) and \(inlineOrigin) both give the key's passphrase: give one"
+                )
+            }
         }
         if let (path, origin) = file {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {

@@ -157,7 +157,11 @@ struct Demo: AsyncParsableCommand {
         }
         let authority = try files.authority()
         for (name, usage) in missing {
-            try files.write(try authority.issue(CertsIssue.request(name: name, usage: usage)), as: name, force: false)
+            try files.write(
+                try authority.issue(try CertsIssue.request(name: name, usage: usage)),
+                as: name,
+                force: false
+            )
         }
         print("demo: issued \(missing.map(\.0).joined(separator: ", ")) in \(directory)")
     }

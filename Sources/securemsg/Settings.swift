@@ -19,6 +19,15 @@ struct SettingsSource {
         case environment(String)
         case file(String, key: String)
 
+        /// Which place wins: a lower rank.
+        var rank: Int {
+            switch self {
+            case .flag: 0
+            case .environment: 1
+            case .file: 2
+            }
+        }
+
         var description: String {
             switch self {
             case .flag(let name): "--\(name)"
@@ -108,6 +117,13 @@ struct SettingsSource {
                 "unknown key \"\(key)\" in the config file \(path); known keys: \(knownKeys.joined(separator: ", "))"
             )
         }
+        // The reader takes a null as no value and an object as keys of its own: either would
+        // quietly leave the setting at its default.
+        for (key, value) in object.sorted(by: { $0.key < $1.key }) where value is NSNull || value is [String: Any] {
+            throw ValidationError(
+                "\(Origin.file(path, key: key)): expected a value, got \(value is NSNull ? "null" : "an object")"
+            )
+        }
         return object
     }
 
@@ -192,7 +208,9 @@ struct SettingsSource {
                         Self.secretKeys.contains(key) ? EffectiveSettings.redacted : (self.environment[name] ?? "")
                     shown = "\"\(value)\""
                 default:
-                    shown = self.file[key].map(Self.show) ?? "?"
+                    shown =
+                        Self.secretKeys.contains(key)
+                        ? EffectiveSettings.redacted : (self.file[key].map(Self.show) ?? "?")
                 }
                 throw ValidationError("\(origin): expected \(expected), got \(shown)")
             }

@@ -102,8 +102,38 @@ struct ClusterTests {
             _ = anonymous
             let tlsRefused = await #expect(throws: MessagingError.self) { try await anonymousRun.value }
             #expect(tlsRefused?.code == .gaveUp)
-            #expect(tlsRefused?.tlsError?.code == .certificateRejected, "\(String(describing: tlsRefused))")
+            #expect(tlsRefused?.tlsError?.code == .certificateRequired, "\(String(describing: tlsRefused))")
             #expect(leader.collaborators.isEmpty)
+        }
+    }
+
+    @Test("a certificate the leader does not trust is not an identity refusal: the backoff goes on")
+    func untrustedCertificateIsRetried() async throws {
+        try await withLeader { _, port, _ in
+            var configuration = CollaboratorConfiguration(nodeID: "collab-1")
+            configuration.reconnect = ReconnectPolicy(
+                initialDelay: .milliseconds(20),
+                multiplier: 1,
+                maximumDelay: .milliseconds(20),
+                maximumAttempts: 2
+            )
+            // other.pem names collab-1 but comes from another CA: the leader's fault or ours,
+            // it may be mended without this collaborator changing.
+            var tls = TLSConfiguration.makeClientConfiguration(trustRoots: .file(ClusterCertificates.path("ca.pem")))
+            tls.certificateChain = .file(ClusterCertificates.path("other.pem"))
+            tls.privateKey = .file(ClusterCertificates.path("other.key"))
+            let collaborator = Collaborator(
+                leaderHost: "127.0.0.1",
+                leaderPort: port,
+                transport: try TLSTransport(configuration: tls),
+                serverHostname: "localhost",
+                configuration: configuration
+            )
+            let events = Task { await collaborator.events.reduce(into: [ConnectionEvent]()) { $0.append($1) } }
+            let error = await #expect(throws: MessagingError.self) { try await collaborator.run() }
+            #expect(error?.reason.contains("gave up after 2 attempts") == true, "\(String(describing: error))")
+            let retries = await events.value.filter { if case .reconnecting = $0 { true } else { false } }
+            #expect(retries.count == 2)
         }
     }
 

@@ -94,6 +94,17 @@ struct CertsCommandTests {
         #expect(badIP == 1)
         #expect(badIPOutput.contains("\"300.1.2.3\" is not an IPv4 or IPv6 address"), "\(badIPOutput)")
         #expect(!FileManager.default.fileExists(atPath: "\(folder)/x.pem"))
+
+        // A node id that is not a DNS name: a client certificate named by its common name only,
+        // never one whose first DNS name (its identity) would be localhost.
+        let (serverStatus, serverOutput) = try await Self.run(["certs", "issue", "collab_1"], in: folder)
+        #expect(serverStatus == 1)
+        #expect(serverOutput.contains("\"collab_1\" is not a DNS name"), "\(serverOutput)")
+        let (clientStatus, clientOutput) = try await Self.run(["certs", "issue", "collab_1", "--client"], in: folder)
+        #expect(clientStatus == 0, "\(clientOutput)")
+        let text = try runProcess("openssl", ["x509", "-in", "\(folder)/collab_1.pem", "-noout", "-text"])
+        #expect(text.contains("Subject: CN = collab_1"), "\(text)")
+        #expect(!text.contains("DNS:"), "\(text)")
     }
 
     @Test("demo runs from an empty folder: it makes its certificates in a temporary folder")

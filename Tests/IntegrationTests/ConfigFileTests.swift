@@ -168,6 +168,9 @@ struct ConfigFileTests {
             (["require_client_cert": "yes"], [#"config key "require_client_cert""#, "expected true or false"]),
             (["require_client_cert": [true]], [#"config key "require_client_cert""#, "expected true or false"]),
             (["lisen": "127.0.0.1:7443"], [#"unknown key "lisen""#, "known keys: listen"]),
+            (["require_client_cert": NSNull()], [#"config key "require_client_cert""#, "expected a value, got null"]),
+            (["heartbeat": ["seconds": 5]], [#"config key "heartbeat""#, "expected a value, got an object"]),
+            (["key_passphrase": 123_456], [#"config key "key_passphrase""#, "expected a string, got <redacted>"]),
         ]
         for (extra, expected) in cases {
             let path = try Self.writeConfig(base.merging(extra) { $1 })
@@ -273,6 +276,25 @@ struct ConfigFileTests {
         #expect(try Self.printed(envOutput)["key_passphrase"] as? String == "<redacted>")
         #expect(try Self.printed(envOutput)["log_level"] as? String == "debug")
         #expect(!envOutput.contains("from-the-environment"))
+
+        // The passphrase file named by a flag beats a passphrase in the environment; two from
+        // the same place are refused.
+        let passphraseFile = FileManager.default.temporaryDirectory.appendingPathComponent("smsg-pass-\(UUID())").path
+        try "from-a-file\n".write(toFile: passphraseFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: passphraseFile) }
+        let (bothStatus, bothOutput) = try await Self.run(
+            collaborator + ["--key-passphrase-file", passphraseFile],
+            environment: ["SMSG_KEY_PASSPHRASE": "from-the-environment"]
+        )
+        #expect(bothStatus == 0, "\(bothOutput)")
+        #expect(try Self.printed(bothOutput)["key_passphrase_file"] as? String == passphraseFile)
+        #expect(try Self.printed(bothOutput)["key_passphrase"] == nil)
+        let (sameStatus, sameOutput) = try await Self.run(
+            collaborator,
+            environment: ["SMSG_KEY_PASSPHRASE": "x", "SMSG_KEY_PASSPHRASE_FILE": passphraseFile]
+        )
+        #expect(sameStatus == 1)
+        #expect(sameOutput.contains("both give the key's passphrase"), "\(sameOutput)")
 
         let (flagStatus, flagOutput) = try await Self.run(collaborator + ["--key-passphrase", "x"])
         #expect(flagStatus == 64, "no flag carries the passphrase itself: \(flagOutput)")

@@ -88,7 +88,7 @@ struct RefusalTests {
         let error = try #require(server.tlsErrors.first)
         #expect(error.code == .certificateRequired)
         #expect(error.reason.contains("no certificate"))
-        #expect(client.tlsErrors.first?.code == .certificateRejected)
+        #expect(client.tlsErrors.first?.code == .certificateRequired)
     }
 
     @Test("a client certificate from an unrelated CA")

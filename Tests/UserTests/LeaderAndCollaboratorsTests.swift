@@ -115,4 +115,30 @@ struct LeaderAndCollaboratorsTests {
             #expect(error?.errorCode == .unauthorized)
         }
     }
+
+    @Test("a collaborator the leader refuses fails addCollaborator at once with the refusal, not a timeout")
+    func refusedCollaborator() async throws {
+        var configuration = TestCluster.leaderConfiguration()
+        configuration.allowList = ["worker-1"]
+        try await withTestCluster(configuration: configuration) { cluster in
+            let started = ContinuousClock.now
+            let error = await #expect(throws: MessagingError.self) {
+                try await cluster.addCollaborator("intruder", timeout: .seconds(30))
+            }
+            #expect(error?.code == .gaveUp)
+            #expect(error?.errorCode == .unauthorized)
+            #expect(ContinuousClock.now - started < .seconds(20), "the refusal, well before the 30 s wait")
+        }
+    }
+
+    @Test("a condition may read the cluster itself")
+    func conditionReadsTheCluster() async throws {
+        try await withTestCluster { cluster in
+            try await cluster.addCollaborator("worker-1")
+            let second = try await cluster.addCollaborator("worker-2")
+            second.setStatus("busy")
+            try await cluster.waitUntil("three events") { cluster.events.count >= 3 }
+            try await cluster.waitForEvent(awaiting: "an event after two") { _ in cluster.events.count >= 3 }
+        }
+    }
 }

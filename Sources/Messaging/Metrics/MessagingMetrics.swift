@@ -74,7 +74,7 @@ public enum RefusalReason: String, Sendable, Hashable, CaseIterable {
     /// The TLS handshake did not finish within its timeout.
     case handshakeTimeout = "handshake_timeout"
     /// The peer closed the connection during the TLS handshake (it may have refused our
-    /// certificate).
+    /// certificate, or be a health check that only connects). Logged at info, not notice.
     case closedDuringHandshake = "closed_during_handshake"
     /// The peer sent a fatal TLS alert during the handshake.
     case alertReceived = "alert_received"

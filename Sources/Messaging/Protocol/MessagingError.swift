@@ -75,14 +75,15 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         self.tlsError = tlsError
     }
 
-    /// Whether the peer refused who this side is: ERROR UNAUTHORIZED (a node_id that is not its
-    /// certificate's, a node off the allow-list), or a certificate refused either way. Trying
-    /// again with the same certificate and node_id cannot succeed.
+    /// Whether the server refused who this side is, for good: ERROR UNAUTHORIZED (a node_id
+    /// that is not its certificate's, a node off the allow-list), or a certificate required and
+    /// none sent. Trying again with the same certificate and node_id cannot succeed.
+    ///
+    /// Other certificate failures are not counted: a certificate the server rejected
+    /// (``TLSError/Code/certificateRejected``) may be the server's fault (an out-of-date CRL),
+    /// and a server certificate this side did not trust may be renewed.
     public var isIdentityRefusal: Bool {
-        if self.errorCode == .unauthorized { return true }
-        guard let tls = self.tlsError else { return false }
-        return tls.code == .certificateVerificationFailed || tls.code == .certificateRequired
-            || tls.code == .certificateRejected
+        self.errorCode == .unauthorized || self.tlsError?.code == .certificateRequired
     }
 
     public var description: String {

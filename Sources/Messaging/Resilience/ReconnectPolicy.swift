@@ -17,7 +17,8 @@ public struct ReconnectPolicy: Sendable, Hashable {
     /// Whether to keep trying after the server refused who this client is (ERROR
     /// UNAUTHORIZED, or a certificate refused either way: ``MessagingError/isIdentityRefusal``).
     /// By default the client gives up at once: the same certificate and node_id cannot
-    /// succeed, and retrying forever would hide the mistake.
+    /// succeed, and retrying forever would hide the mistake. (A collaborator that follows an
+    /// election always retries: another leader may be elected.)
     public var retriesIdentityRefusals = false
 
     public init(

@@ -368,7 +368,14 @@ final class SessionHandler: ChannelDuplexHandler {
     func refused(_ reason: RefusalReason, _ detail: String) {
         guard self.machine.configuration.role == .server else { return }
         self.metrics?.refused(reason)
-        self.logger.notice("refused a connection", metadata: ["reason": "\(reason.rawValue)", "detail": "\(detail)"])
+        // A peer that only opened and closed a TCP connection (a health check, a port scan) is
+        // counted but logged below notice.
+        let level: Logger.Level = reason == .closedDuringHandshake ? .info : .notice
+        self.logger.log(
+            level: level,
+            "refused a connection",
+            metadata: ["reason": "\(reason.rawValue)", "detail": "\(detail)"]
+        )
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -59,7 +59,7 @@ extension TLSError: TransportFailureEvent {
         case .certificateVerificationFailed: .certificateUntrusted
         case .handshakeTimeout: .handshakeTimeout
         case .closedDuringHandshake: .closedDuringHandshake
-        case .alertReceived: .alertReceived
+        case .alertReceived, .certificateRejected: .alertReceived
         case .noApplicationProtocol: .noApplicationProtocol
         default: .handshakeFailed
         }

@@ -111,7 +111,7 @@ public struct CertificateRequest: Sendable, Hashable {
 /// ```
 ///
 /// Keys are made by OpenSSL's random generator; signatures are ECDSA with SHA-256. Serial
-/// numbers are 127 random bits.
+/// numbers carry 126 random bits.
 public struct CertificateAuthority: Sendable {
     /// The authority's own certificate and key.
     public let root: CertificateAndKey

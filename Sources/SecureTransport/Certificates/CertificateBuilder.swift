@@ -11,7 +11,9 @@ enum CertificateBuilder {
         defer { EVP_PKEY_free(key) }
         let certificate = try Self.makeCertificate(commonName: commonName, validity: validity, key: key)
         defer { X509_free(certificate) }
-        X509_set_issuer_name(certificate, X509_get_subject_name(certificate))
+        guard X509_set_issuer_name(certificate, X509_get_subject_name(certificate)) == 1 else {
+            throw TLSError.fromErrorQueue(.internalError, "cannot set the certificate's issuer")
+        }
         try Self.addExtensions(
             [
                 (NID_basic_constraints, "critical,CA:TRUE,pathlen:0"),
@@ -47,7 +49,9 @@ enum CertificateBuilder {
         defer { EVP_PKEY_free(key) }
         let certificate = try Self.makeCertificate(commonName: request.commonName, validity: request.validity, key: key)
         defer { X509_free(certificate) }
-        X509_set_issuer_name(certificate, X509_get_subject_name(authority))
+        guard X509_set_issuer_name(certificate, X509_get_subject_name(authority)) == 1 else {
+            throw TLSError.fromErrorQueue(.internalError, "cannot set the certificate's issuer")
+        }
         var usages: [String] = []
         if request.usage.contains(.server) { usages.append("serverAuth") }
         if request.usage.contains(.client) { usages.append("clientAuth") }
@@ -146,7 +150,8 @@ enum CertificateBuilder {
         }
     }
 
-    /// 127 random bits: positive, unique in practice, and within RFC 5280's 20 octets.
+    /// A 127-bit number with its top bit set (126 random bits): positive, unique in practice,
+    /// and within RFC 5280's 20 octets.
     private static func setRandomSerial(_ certificate: OpaquePointer) throws {
         guard let number = BN_new() else {
             throw TLSError.fromErrorQueue(.internalError, "cannot allocate a serial number")
@@ -225,7 +230,13 @@ enum CertificateBuilder {
             entries.append("DNS:\(name)")
         }
         for address in request.ipAddresses {
-            guard let parsed = a2i_IPADDRESS(address) else {
+            // a2i_IPADDRESS forgives trailing text, and the value list ends at a newline: only
+            // the characters of an address may pass.
+            let addressBytes = address.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x46) || (byte >= 0x61 && byte <= 0x66)
+                    || byte == 0x2E || byte == 0x3A
+            }
+            guard addressBytes, let parsed = a2i_IPADDRESS(address) else {
                 TLSError.clearErrorQueue()
                 throw TLSError(.invalidCertificate, "\"\(address)\" is not an IPv4 or IPv6 address")
             }

@@ -268,8 +268,9 @@ final class TLSConnection {
     // MARK: - Errors
 
     /// The alerts that say the peer refused our certificate: bad, unsupported, revoked,
-    /// expired, unknown certificate; unknown CA; access denied; certificate required.
-    private static let certificateAlerts: Set<Int32> = [42, 43, 44, 45, 46, 48, 49, 116]
+    /// expired, unknown certificate; unknown CA; access denied. (Certificate required, 116,
+    /// is ``TLSError/Code/certificateRequired``.)
+    private static let certificateAlerts: Set<Int32> = [42, 43, 44, 45, 46, 48, 49]
 
     private func classify(_ error: CInt, duringHandshake: Bool) -> TLSError {
         let packed = ERR_peek_error()
@@ -296,6 +297,9 @@ final class TLSConnection {
             reason == SSL_R_NO_APPLICATION_PROTOCOL || reason == SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL
         {
             return TLSError.fromErrorQueue(.noApplicationProtocol, "no common application protocol (ALPN)")
+        }
+        if fromSSL, reason == SSL_AD_REASON_OFFSET + 116 {
+            return TLSError.fromErrorQueue(.certificateRequired, "the peer requires a certificate and none was sent")
         }
         if fromSSL, reason >= SSL_AD_REASON_OFFSET, Self.certificateAlerts.contains(reason - SSL_AD_REASON_OFFSET) {
             return TLSError.fromErrorQueue(.certificateRejected, "the peer refused our certificate")

@@ -44,11 +44,12 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let handshakeFailed = Code(.handshakeFailed)
         /// The peer's certificate did not verify (unknown CA, expired, wrong host name, missing).
         public static let certificateVerificationFailed = Code(.certificateVerificationFailed)
-        /// The peer sent no certificate where one is required (a server requiring client
-        /// certificates sees this).
+        /// A certificate was required and none was sent: a server requiring client certificates
+        /// sees this when a client sends none, and that client sees it as the server's alert.
         public static let certificateRequired = Code(.certificateRequired)
         /// The peer refused this side's certificate: it sent a certificate alert (bad, unknown,
-        /// expired or revoked certificate, unknown CA, access denied, certificate required).
+        /// expired or revoked certificate, unknown CA, access denied). Its cause may be on
+        /// either side (a peer whose CRL is out of date says "expired" or "unknown CA" too).
         public static let certificateRejected = Code(.certificateRejected)
         /// The handshake did not complete within the configured timeout.
         public static let handshakeTimeout = Code(.handshakeTimeout)
