@@ -2,7 +2,7 @@
 # gen-soak-certs.sh [COUNT] [DIR]
 #
 # Issues TEST client certificates soak-1 … soak-COUNT (default 200) from the test CA in
-# certs/ (made first by gen-certs.sh if missing), for `securemsg soak`: each carries
+# certs/ (made first by gen-certs.sh if missing), for `smsg-soak soak`: each carries
 # DNS:soak-N, the identity the leader binds the collaborator's node_id to. One P-256 key is
 # shared by all of them (a test fixture: the soak is about sessions, not key management).
 # DIR defaults to .build/soak-certs. Idempotent: certificates already there are kept.

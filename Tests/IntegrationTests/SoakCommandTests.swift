@@ -2,7 +2,7 @@ import Foundation
 import SMSGTestSupport
 import Testing
 
-/// `securemsg soak` as a real process tree (an orchestrator, a leader process, swarm
+/// `smsg-soak soak` as a real process tree (an orchestrator, a leader process, swarm
 /// processes), briefly: CI runs the 2-minute form through scripts/soak.sh.
 @Suite("smsg-soak soak")
 struct SoakCommandTests {
