@@ -16,11 +16,22 @@ struct LeaderReloadTests {
         -> SecureClient
     {
         let certs = BenchServerTests.certificates
-        let tls = TLSConfiguration.makeClientConfiguration(
+        var tls = TLSConfiguration.makeClientConfiguration(
             certificateChain: .file("\(certs)/\(cert).pem"),
             privateKey: .file("\(certs)/\(cert).key"),
             trustRoots: .file("\(certs)/ca.pem")
         )
+        if !FileManager.default.fileExists(atPath: "\(certs)/\(cert).pem") {
+            // Beyond the fixtures (collab-4, …): issued now, in memory, by the fixtures' CA.
+            let issued = try CertificateAuthority(
+                root: CertificateAndKey(
+                    certificatePEM: try String(contentsOfFile: "\(certs)/ca.pem", encoding: .utf8),
+                    privateKeyPEM: try String(contentsOfFile: "\(certs)/ca.key", encoding: .utf8)
+                )
+            ).issue(CertificateRequest(commonName: cert, dnsNames: [cert], usage: .client))
+            tls.certificateChain = issued.certificateChain
+            tls.privateKey = issued.privateKey
+        }
         return try await SecureClient.connect(
             host: "127.0.0.1",
             port: port,
