@@ -80,7 +80,7 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
     /// none sent. Trying again with the same certificate and node_id cannot succeed.
     ///
     /// Other certificate failures are not counted: a certificate the server rejected
-    /// (``TLSError/Code/certificateRejected``) may be the server's fault (an out-of-date CRL),
+    /// (`TLSError.Code.certificateRejected`) may be the server's fault (an out-of-date CRL),
     /// and a server certificate this side did not trust may be renewed.
     public var isIdentityRefusal: Bool {
         self.errorCode == .unauthorized || self.tlsError?.code == .certificateRequired
