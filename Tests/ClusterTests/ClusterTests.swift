@@ -277,7 +277,7 @@ struct ClusterLoadTests {
     func broadcastWithStalledCollaborator() async throws {
         // Heartbeats of a second: this test floods two shared cores, and 200 ms ones would time
         // out under it in a debug build.
-        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, log in
             let counts = NIOLockedValueBox([String: Int]())
             var collaborators: [(Collaborator, Task<Void, any Error>)] = []
             for index in 1...5 {
@@ -297,8 +297,11 @@ struct ClusterLoadTests {
             }
             await eventually("joined") { leader.collaborators.filter { $0.state == .active }.count == 5 }
             let total = 3000
+            // How many sessions took each broadcast: 5, then 4 once the stalled one is closed as
+            // a slow consumer. Fewer means a live one was away (a failure to explain, below).
+            var fewestTaken = Int.max
             for index in 0..<total {
-                leader.broadcast(topic: "news", body: ByteBuffer(string: "\(index)"))
+                fewestTaken = min(fewestTaken, leader.broadcast(topic: "news", body: ByteBuffer(string: "\(index)")))
                 if index.isMultiple(of: 50) {
                     try await Task.sleep(for: .milliseconds(2))
                 }
@@ -306,6 +309,12 @@ struct ClusterLoadTests {
             await eventually("the four live collaborators got everything", timeout: .seconds(30)) {
                 counts.withLockedValue { counts in (1...4).allSatisfy { counts["collab-\($0)"] == total } }
             }
+            let received = counts.withLockedValue { $0 }
+            let departures = log.all.filter { if case .left = $0 { true } else { false } }
+            #expect(
+                (1...4).allSatisfy { received["collab-\($0)"] == total },
+                "received \(received.sorted { $0.key < $1.key }); fewest sessions taking a broadcast: \(fewestTaken); departures: \(departures)"
+            )
             for (collaborator, running) in collaborators.dropLast() {
                 await collaborator.leave()
                 try await running.value
