@@ -66,7 +66,6 @@ public final class Leader: Service, MessageRouting, Sendable {
     public let router: Router
     /// The coder of typed messages (JSON unless given another).
     public let coder: MessageCoder
-    private let metrics: MessagingMetrics
     private let eventContinuation: AsyncStream<MembershipEvent>.Continuation
     private let leadershipContinuation: AsyncStream<LeadershipEvent>.Continuation
     /// With an election: 1 while elected, else 0; and the term held (the last one, after).
@@ -95,7 +94,6 @@ public final class Leader: Service, MessageRouting, Sendable {
     ) {
         self.configuration = configuration
         self.election = election
-        self.metrics = metrics
         self.activeGauge = Gauge(label: "smsg_leader_active", factory: metrics.factory)
         self.termGauge = Gauge(label: "smsg_leader_term", factory: metrics.factory)
         self.coder = coder
@@ -285,15 +283,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         guard let hello = session.peer else { return }
         let nodeID = hello.nodeID
         if let allowed = self.configuration.allowList, !allowed.contains(nodeID) {
-            self.metrics.refused(.notAllowed)
-            self.logger.notice(
-                "refused a connection",
-                metadata: [
-                    "reason": "\(RefusalReason.notAllowed.rawValue)", "node_id": "\(nodeID)",
-                    "remote": "\(session.remoteAddress?.addressText ?? "unknown")",
-                ]
-            )
-            session.fail(code: .unauthorized, reason: "node not allowed")
+            session.refuse(.notAllowed, code: .unauthorized, reason: "node not allowed")
             return
         }
         let now = ContinuousClock.now

@@ -29,24 +29,8 @@ public struct TestCertificates: Sendable {
     ///   name that is not a DNS name (`localhost` would come first and be taken for its
     ///   identity).
     public func issue(_ name: String, usage: CertificateUsage, uris: [String] = []) throws -> CertificateAndKey {
-        var dnsNames = CertificateRequest.isDNSName(name) ? [name] : []
-        if dnsNames.isEmpty, usage.contains(.server) {
-            throw TLSError(.invalidCertificate, "\"\(name)\" is not a DNS name: it can name a client certificate only")
-        }
-        var addresses: [String] = []
-        if usage.contains(.server) {
-            dnsNames.append("localhost")
-            addresses = ["127.0.0.1", "::1"]
-        }
-        return try self.authority.issue(
-            CertificateRequest(
-                commonName: name,
-                dnsNames: dnsNames,
-                ipAddresses: addresses,
-                uris: uris,
-                usage: usage,
-                validity: .seconds(7 * 86_400)
-            )
+        try self.authority.issue(
+            CertificateRequest.node(name, usage: usage, uris: uris, validity: .seconds(7 * 86_400))
         )
     }
 

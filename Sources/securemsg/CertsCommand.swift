@@ -104,45 +104,17 @@ struct CertsIssue: ParsableCommand {
         if self.client { usage.insert(.client) }
         if usage.isEmpty { usage = [.server, .client] }
         let issued = try authority.issue(
-            try Self.request(name: self.name, usage: usage, dns: self.dns, ip: self.ip, uri: self.uri, days: self.days)
+            try CertificateRequest.node(
+                self.name,
+                usage: usage,
+                dnsNames: self.dns,
+                ipAddresses: self.ip,
+                uris: self.uri,
+                validity: .seconds(self.days * 86_400)
+            )
         )
         try files.write(issued, as: self.name, force: self.force)
         print("wrote \(files.certificatePath(self.name)) and \(files.keyPath(self.name))")
-    }
-
-    /// What `certs issue` puts in a certificate: NAME first among the DNS names when it is
-    /// one, and loopback names for a server.
-    static func request(
-        name: String,
-        usage: CertificateUsage,
-        dns: [String] = [],
-        ip: [String] = [],
-        uri: [String] = [],
-        days: Int = 365
-    ) throws -> CertificateRequest {
-        var dnsNames = CertificateRequest.isDNSName(name) ? [name] : []
-        if dnsNames.isEmpty, usage.contains(.server) || !dns.isEmpty {
-            // Another DNS name would come first and be taken for the node's identity.
-            throw ValidationError(
-                "\"\(name)\" is not a DNS name, so it can name only a client certificate without --dns "
-                    + "(its identity is then the common name): use --client, or a DNS-style name"
-            )
-        }
-        var addresses: [String] = []
-        if usage.contains(.server) {
-            dnsNames.append("localhost")
-            addresses += ["127.0.0.1", "::1"]
-        }
-        for extra in dns where !dnsNames.contains(extra) { dnsNames.append(extra) }
-        for extra in ip where !addresses.contains(extra) { addresses.append(extra) }
-        return CertificateRequest(
-            commonName: name,
-            dnsNames: dnsNames,
-            ipAddresses: addresses,
-            uris: uri,
-            usage: usage,
-            validity: .seconds(days * 86_400)
-        )
     }
 }
 

@@ -39,8 +39,10 @@ struct CommonOptions: ParsableArguments {
             values.logLevel = level
             effective.set("log_level", level.rawValue)
         }
-        values.heartbeat = try source.parsed("heartbeat", Self.heartbeat)
-        effective.set("heartbeat", try source.string("heartbeat")?.0)
+        if let (text, heartbeat) = try source.parsed("heartbeat", { ($0, try Self.heartbeat($0)) }) {
+            values.heartbeat = heartbeat
+            effective.set("heartbeat", text)
+        }
         var file = try source.string("key_passphrase_file")
         var inline = try source.string("key_passphrase")
         if let (_, fileOrigin) = file, let (_, inlineOrigin) = inline {

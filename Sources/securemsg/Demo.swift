@@ -158,7 +158,7 @@ struct Demo: AsyncParsableCommand {
         let authority = try files.authority()
         for (name, usage) in missing {
             try files.write(
-                try authority.issue(try CertsIssue.request(name: name, usage: usage)),
+                try authority.issue(try CertificateRequest.node(name, usage: usage)),
                 as: name,
                 force: false
             )

@@ -192,4 +192,21 @@ struct CertificateAuthorityTests {
         #expect(IdentityMapping.firstDNSName.identity(of: cnCertificate) == "only-cn")
         #expect(IdentityMapping.uri().identity(of: cnCertificate) == nil)
     }
+
+    @Test("a node's request: its id first among the DNS names, loopback names for a server, no other name first")
+    func nodeRequests() throws {
+        let server = try CertificateRequest.node(
+            "leader",
+            usage: [.server, .client],
+            dnsNames: ["leader.example", "localhost"]
+        )
+        #expect(server.commonName == "leader")
+        #expect(server.dnsNames == ["leader", "localhost", "leader.example"])
+        #expect(server.ipAddresses == ["127.0.0.1", "::1"])
+        let client = try CertificateRequest.node("collab_1", usage: .client)
+        #expect(client.commonName == "collab_1")
+        #expect(client.dnsNames.isEmpty)
+        #expect(throws: TLSError.self) { try CertificateRequest.node("collab_1", usage: [.server, .client]) }
+        #expect(throws: TLSError.self) { try CertificateRequest.node("collab_1", usage: .client, dnsNames: ["x"]) }
+    }
 }

@@ -423,6 +423,15 @@ public final class Session: Sendable {
         self.onLoop { handler in handler?.fail(code: code, reason: reason) }
     }
 
+    /// A server refusing the peer after its HELLO (an allow-list): logged and counted as
+    /// `refusal` like the refusals the session makes itself, then ERROR `code` and close.
+    package func refuse(_ refusal: RefusalReason, code: ErrorCode, reason: String) {
+        self.onLoop { handler in
+            handler?.refused(refusal, reason)
+            handler?.fail(code: code, reason: reason)
+        }
+    }
+
     /// Sets the status blob sent with every PING from now on (at most 65,536 bytes).
     public func setPingStatus(_ status: ByteBuffer) {
         precondition(status.readableBytes <= Frame.maximumPingPayload, "a PING status is at most 65,536 bytes")

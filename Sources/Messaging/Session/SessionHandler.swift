@@ -28,7 +28,7 @@ final class SessionHandler: ChannelDuplexHandler {
     let session: Session
     let waitsForReadyEvent: Bool
     /// How the peer's certificate names its node.
-    var identityMapping: IdentityMapping = .firstDNSName
+    let identityMapping: IdentityMapping
     let metrics: MessagingMetrics?
     var logger: Logger
     /// Takes messages on the event loop instead of the inbound queue, when set.
@@ -107,10 +107,10 @@ final class SessionHandler: ChannelDuplexHandler {
             session: session,
             waitsForReadyEvent: waitsForReadyEvent,
             metrics: metrics,
+            identityMapping: identityMapping,
             receiver: receiver,
             logger: logger
         )
-        self.identityMapping = identityMapping
     }
 
     init(
@@ -118,10 +118,12 @@ final class SessionHandler: ChannelDuplexHandler {
         session: Session,
         waitsForReadyEvent: Bool,
         metrics: MessagingMetrics? = nil,
+        identityMapping: IdentityMapping = .firstDNSName,
         receiver: (any MessageReceiver)? = nil,
         logger: Logger
     ) {
         self.machine = machine
+        self.identityMapping = identityMapping
         self.assembler = FrameAssembler(maxFrame: machine.configuration.maxFrame)
         self.session = session
         self.waitsForReadyEvent = waitsForReadyEvent

@@ -20,10 +20,11 @@ struct TransportFailure: Error, Sendable, CustomStringConvertible {
     /// The connection ended without the transport's own close (TLS close_notify): after our
     /// own close this is no failure.
     var isTruncation: Bool
-    /// Why a server refuses the peer, when this failure comes before the transport is ready.
-    var refusal: RefusalReason? = nil
     /// The TLS failure itself, for a TLS transport.
     var tls: TLSError? = nil
+
+    /// Why a server refuses the peer, when this failure comes before the transport is ready.
+    var refusal: RefusalReason? { self.tls?.refusalReason }
 }
 
 /// An inbound user event that says the transport is ready.
@@ -47,13 +48,12 @@ extension TLSError: TransportFailureEvent {
         TransportFailure(
             description: "\(self)",
             isTruncation: self.code == .truncatedConnection,
-            refusal: self.refusalReason,
             tls: self
         )
     }
 
     /// The refusal this failure means during a server's handshake.
-    private var refusalReason: RefusalReason {
+    fileprivate var refusalReason: RefusalReason {
         switch self.code {
         case .certificateRequired: .certificateMissing
         case .certificateVerificationFailed: .certificateUntrusted

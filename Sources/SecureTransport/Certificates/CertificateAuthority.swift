@@ -87,6 +87,57 @@ public struct CertificateRequest: Sendable, Hashable {
         self.validity = validity
     }
 
+    /// A certificate for the node `name`: its common name, and its first DNS name (the
+    /// identity smsg/1 binds it to by default) when it is a DNS name; a server's also names
+    /// localhost, 127.0.0.1 and ::1. Extra names follow, without repeats.
+    ///
+    /// A `name` that is not a DNS name (node ids may hold `_ : @`) can name a client
+    /// certificate without other DNS names only: any other DNS name would come first and be
+    /// taken for the node's identity. Its identity is then the common name.
+    ///
+    /// - Parameters:
+    ///   - name: The node's id.
+    ///   - usage: Server, client or both.
+    ///   - dnsNames: More DNS names.
+    ///   - ipAddresses: More IP addresses.
+    ///   - uris: URIs, such as a SPIFFE ID.
+    ///   - validity: How long the certificate is valid.
+    /// - Returns: The request.
+    /// - Throws: ``TLSError`` with code ``TLSError/Code/invalidCertificate`` when `name` is not
+    ///   a DNS name and the certificate would carry another.
+    public static func node(
+        _ name: String,
+        usage: CertificateUsage,
+        dnsNames: [String] = [],
+        ipAddresses: [String] = [],
+        uris: [String] = [],
+        validity: Duration = .seconds(365 * 86_400)
+    ) throws -> CertificateRequest {
+        var names = Self.isDNSName(name) ? [name] : []
+        if names.isEmpty, usage.contains(.server) || !dnsNames.isEmpty {
+            throw TLSError(
+                .invalidCertificate,
+                "\"\(name)\" is not a DNS name, so it can name only a client certificate without other DNS "
+                    + "names (its identity is then the common name)"
+            )
+        }
+        var addresses: [String] = []
+        if usage.contains(.server) {
+            names.append("localhost")
+            addresses += ["127.0.0.1", "::1"]
+        }
+        for extra in dnsNames where !names.contains(extra) { names.append(extra) }
+        for extra in ipAddresses where !addresses.contains(extra) { addresses.append(extra) }
+        return CertificateRequest(
+            commonName: name,
+            dnsNames: names,
+            ipAddresses: addresses,
+            uris: uris,
+            usage: usage,
+            validity: validity
+        )
+    }
+
     /// Whether `name` can be a DNS name in a certificate: letters, digits and hyphens in
     /// labels of 1 to 63 bytes, 253 bytes in all; the first label may be `*`.
     ///
