@@ -237,7 +237,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CommandTests",
-            dependencies: ["securemsg"]
+            dependencies: ["securemsg", "Cluster", "Messaging", "SecureTransport"]
         ),
         .testTarget(
             name: "IntegrationTests",

@@ -142,7 +142,7 @@ struct BenchServer: AsyncParsableCommand {
             tasks.addTask { try await group.run() }
             tasks.addTask {
                 let bound = try await server.listeningAddress()
-                print("listening on \(address.host):\(bound.port ?? address.port)")
+                print("listening on \(addressText(host: address.host, port: bound.port ?? address.port))")
                 // Whoever started us may be reading a pipe: the line must not wait in a buffer.
                 fflush(nil)
             }

@@ -149,7 +149,7 @@ struct CertificateFiles {
     /// Writes NAME.pem and NAME.key; the key is created 0600, never readable by others even
     /// for a moment.
     func write(_ pair: CertificateAndKey, as name: String, force: Bool) throws {
-        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        try self.makeDirectory()
         let targets = [self.certificatePath(name), self.keyPath(name)]
         for path in targets where FileManager.default.fileExists(atPath: path) {
             guard force else { throw ValidationError("\(path) exists; use --force to replace it") }
@@ -157,6 +157,17 @@ struct CertificateFiles {
         }
         try Self.create(targets[1], contents: pair.privateKeyPEM, mode: 0o600)
         try Self.create(targets[0], contents: pair.certificatePEM, mode: 0o644)
+    }
+
+    /// Makes the directory (and its parents) unless it exists.
+    func makeDirectory() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        } catch {
+            throw ValidationError(
+                "cannot create the directory \(self.directory): \(SecureMsg.sentence(error, namingPath: false))"
+            )
+        }
     }
 
     private static func create(_ path: String, contents: String, mode: mode_t) throws {

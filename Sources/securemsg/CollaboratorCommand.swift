@@ -1,6 +1,7 @@
 import ArgumentParser
 import Cluster
 import EtcdElection
+import Foundation
 import Logging
 import Messaging
 import NIOCore
@@ -214,8 +215,18 @@ struct CollaboratorCommand: AsyncParsableCommand {
         switch event {
         case .connected(let session): "connected (session \(session ?? "?"))"
         case .disconnected(let error): "disconnected\(error.map { ": \($0.reason)" } ?? "")"
-        case .reconnecting(let attempt, let delay): "reconnecting, attempt \(attempt) in \(delay)"
+        case .reconnecting(let attempt, let delay): "reconnecting, attempt \(attempt) in \(Self.describe(delay: delay))"
         case .gaveUp(let error): "gave up\(error.map { ": \($0.reason)" } ?? "")"
         }
+    }
+
+    /// A wait as a person reads it: "15 ms" under a tenth of a second, else seconds with one
+    /// decimal ("0.4 s", "12.3 s").
+    static func describe(delay: Duration) -> String {
+        let seconds = Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18
+        if seconds < 0.1 {
+            return "\(max(1, Int((seconds * 1000).rounded()))) ms"
+        }
+        return String(format: "%.1f s", seconds)
     }
 }

@@ -237,7 +237,7 @@ struct LeaderCommand: AsyncParsableCommand {
             }
             tasks.addTask {
                 let bound = try await leader.listeningAddress()
-                screen.setHeader("listening on \(address.host):\(bound.port ?? address.port)")
+                screen.setHeader("listening on \(addressText(host: address.host, port: bound.port ?? address.port))")
                 for await event in leader.events {
                     screen.say(MembershipTable.line(for: event))
                 }

@@ -1,7 +1,7 @@
 public import SecureTransport
 
 /// An error the messaging API reports to the application.
-public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// What kind of failure this is.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
@@ -86,7 +86,21 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         self.errorCode == .unauthorized || self.tlsError?.code == .certificateRequired
     }
 
+    /// What happened, as a sentence for people: the reason, and for an ERROR sent or received,
+    /// which side ended the session and the protocol's name of the code.
     public var description: String {
+        switch (self.code, self.errorCode) {
+        case (.peerError, let errorCode?):
+            return "the peer ended the session: \(self.reason) (\(errorCode))"
+        case (.protocolViolation, let errorCode?):
+            return "this side ended the session: \(self.reason) (\(errorCode))"
+        default:
+            return self.reason
+        }
+    }
+
+    /// The error with its code, for debugging: `MessagingError(gave up, UNAUTHORIZED): …`.
+    public var debugDescription: String {
         if let errorCode {
             return "MessagingError(\(self.code), \(errorCode)): \(self.reason)"
         }

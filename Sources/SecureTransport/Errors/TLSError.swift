@@ -4,7 +4,7 @@
 /// `TLSError` is a struct with a nested ``Code`` rather than an enum so that new codes can be
 /// added without breaking clients. The ``reason`` is readable text drawn from OpenSSL's error
 /// queue and verification result; it never contains key material.
-public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
+public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// What kind of failure this is.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
@@ -98,7 +98,13 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         self.reason = reason
     }
 
+    /// What happened, for people: "certificate verification failed: certificate has expired".
     public var description: String {
+        self.reason.isEmpty ? "TLS \(self.code)" : "TLS \(self.code): \(self.reason)"
+    }
+
+    /// The error with its code, for debugging: `TLSError(handshake failed): …`.
+    public var debugDescription: String {
         self.reason.isEmpty ? "TLSError(\(self.code))" : "TLSError(\(self.code)): \(self.reason)"
     }
 }
