@@ -114,3 +114,28 @@ struct ProtocolErrorTests {
         }
     }
 }
+
+/// The ERROR this side writes is always one smsg/1 allows, whatever reason it was given.
+@Suite("ERROR reasons on the wire")
+struct ErrorReasonTests {
+    static func written(_ reason: String, code: ErrorCode = .internal) throws -> String {
+        let frame = ControlFrame.error(ProtocolViolation(code, reason)).frame(allocator: ByteBufferAllocator())
+        try FrameAssembler.validatePayload(type: .error, payload: frame.payload)
+        var payload = frame.payload
+        _ = payload.readInteger(as: UInt16.self)
+        return payload.readString(length: payload.readableBytes) ?? ""
+    }
+
+    @Test("an empty reason is sent as the code's name (an ERROR needs 1 to 1,024 bytes of reason)")
+    func emptyReason() throws {
+        #expect(try Self.written("", code: .goingAway) == "GOING_AWAY")
+    }
+
+    @Test("a long reason is cut at a character within 1,024 bytes, never replaced")
+    func longReason() throws {
+        // 1,023 ASCII bytes then a 2-byte character: cutting at byte 1,024 would split it.
+        let reason = String(repeating: "a", count: 1023) + "é and more"
+        #expect(try Self.written(reason) == String(repeating: "a", count: 1023))
+        #expect(try Self.written("short") == "short")
+    }
+}

@@ -186,3 +186,20 @@ struct ReceiverTests {
         _ = try channel.finish(acceptAlreadyClosed: true)
     }
 }
+
+@Suite("What a received message counts for in the inbound queue")
+struct InboundSizeTests {
+    @Test("a message counts its DATA payload: topic, header block and body")
+    func countsHeaderBlock() {
+        let plain = Message(topic: "t", body: ByteBuffer(string: "abc"))
+        #expect(InboundQueue.size(of: plain) == 1 + 1 + 3)
+        // block_len (2), then key_len (1) "key" (3), value_len (2) "value" (5).
+        let withHeaders = Message(
+            topic: "t",
+            body: ByteBuffer(string: "abc"),
+            flags: .headers,
+            headers: ["key": "value"]
+        )
+        #expect(InboundQueue.size(of: withHeaders) == 1 + 1 + 2 + (1 + 3 + 2 + 5) + 3)
+    }
+}

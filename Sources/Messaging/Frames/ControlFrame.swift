@@ -26,15 +26,28 @@ enum ControlFrame {
             payload.writeInteger(signal.rawValue)
             return Frame(type: .flow, payload: payload)
         case .error(let violation):
-            var payload = allocator.buffer(capacity: 2 + violation.reason.utf8.count)
+            let reason = Self.wireReason(violation)
+            var payload = allocator.buffer(capacity: 2 + reason.utf8.count)
             payload.writeInteger(violation.code.rawValue)
-            payload.writeString(String(violation.reason.utf8.prefix(Frame.maximumErrorReason)) ?? "error")
+            payload.writeString(reason)
             return Frame(type: .error, payload: payload)
         case .goodbye:
             return Frame(type: .goodbye)
         case .cancel(let id):
             return Frame(type: .cancel, id: id)
         }
+    }
+
+    /// An ERROR's reason as smsg/1 allows it: 1 to 1,024 bytes of UTF-8. A longer one is cut at
+    /// a character; an empty one (which `Session.fail(code:reason:)` cannot refuse) becomes the
+    /// code's name.
+    static func wireReason(_ violation: ProtocolViolation) -> String {
+        var reason = ""
+        for character in violation.reason {
+            guard reason.utf8.count + character.utf8.count <= Frame.maximumErrorReason else { break }
+            reason.append(character)
+        }
+        return reason.isEmpty ? violation.code.description : reason
     }
 
     /// Whether sending it counts as this side's own traffic for the heartbeat: a PONG answers

@@ -48,9 +48,11 @@ final class InboundQueue: Sendable {
         }
     }
 
-    /// The DATA payload bytes a message counts for.
+    /// The DATA payload bytes a message counts for: its topic, its header block (less the
+    /// protocol's own `smsg-` headers, which are not kept) and its body.
     static func size(of message: Message) -> Int {
-        1 + message.topic.utf8.count + message.body.readableBytes
+        let headerBlock = message.flags.contains(.headers) ? 2 + message.headers.blockBytes : 0
+        return 1 + message.topic.utf8.count + headerBlock + message.body.readableBytes
     }
 
     /// From now on, messages are taken only while `condition` holds: when it does not, the
