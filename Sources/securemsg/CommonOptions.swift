@@ -27,10 +27,28 @@ struct CommonOptions: ParsableArguments {
         ["log_level": self.logLevel, "heartbeat": self.heartbeat, "key_passphrase_file": self.keyPassphraseFile]
     }
 
-    struct Values {
+    struct Values: CustomStringConvertible, CustomReflectable {
         var logLevel: Logger.Level = .notice
         var heartbeat: Duration?
         var keyPassphrase: String?
+
+        /// The settings, with the passphrase redacted.
+        var description: String {
+            "log_level: \(self.logLevel), heartbeat: \(self.heartbeat.map { "\($0)" } ?? "default"), "
+                + "key_passphrase: \(self.keyPassphrase == nil ? "none" : EffectiveSettings.redacted)"
+        }
+
+        /// What `dump` shows: the passphrase redacted.
+        var customMirror: Mirror {
+            Mirror(
+                self,
+                children: [
+                    "logLevel": self.logLevel, "heartbeat": self.heartbeat as Any,
+                    "keyPassphrase": self.keyPassphrase.map { _ in EffectiveSettings.redacted } as Any,
+                ],
+                displayStyle: .struct
+            )
+        }
     }
 
     func values(from source: SettingsSource, effective: inout EffectiveSettings) throws -> Values {

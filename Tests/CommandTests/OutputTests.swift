@@ -47,3 +47,18 @@ struct OutputTests {
         #expect(SecureMsg.failureLine(missing) == "Error: No such file or directory (/tmp/x)\n")
     }
 }
+
+@Suite("The CLI's settings never show the passphrase")
+struct SettingsRedactionTests {
+    @Test("description and dump of the common settings redact the key's passphrase")
+    func passphrase() {
+        var values = CommonOptions.Values()
+        values.keyPassphrase = "correct horse battery staple"
+        var dumped = ""
+        dump(values, to: &dumped)
+        for text in ["\(values)", String(reflecting: values), dumped] {
+            #expect(!text.contains("correct horse"), "\(text)")
+            #expect(text.contains("<redacted>"), "\(text)")
+        }
+    }
+}
