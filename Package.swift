@@ -86,6 +86,7 @@ let package = Package(
             dependencies: [
                 "Cluster",
                 "Messaging",
+                "SecureTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SecureTransport
 
 /// One etcd member's client URL: `http://host:port` or `https://host:port`.
 struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
@@ -22,7 +23,7 @@ struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
             secure = true
             rest = url.dropFirst("https://".count)
         } else {
-            throw EtcdError.badEndpoint(url, "it must start with http:// or https://")
+            throw EtcdError(.invalidConfiguration, "endpoint \"\(url)\": it must start with http:// or https://")
         }
         if rest.hasSuffix("/") {
             rest = rest.dropLast()
@@ -30,14 +31,14 @@ struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
         guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]),
             (1...65_535).contains(port)
         else {
-            throw EtcdError.badEndpoint(url, "it must name a port")
+            throw EtcdError(.invalidConfiguration, "endpoint \"\(url)\": it must name a port")
         }
         var host = rest[..<colon]
         if host.hasPrefix("["), host.hasSuffix("]") {
             host = host.dropFirst().dropLast()
         }
         guard !host.isEmpty, !host.contains("/") else {
-            throw EtcdError.badEndpoint(url, "it must be scheme://host:port")
+            throw EtcdError(.invalidConfiguration, "endpoint \"\(url)\": it must be scheme://host:port")
         }
         self.secure = secure
         self.host = String(host)
@@ -50,72 +51,40 @@ struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Errors of the etcd election.
-public enum EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// An endpoint URL that cannot be used.
-    case badEndpoint(String, String)
-    /// No endpoint could be reached (the last failure given).
-    case unreachable(String)
-    /// etcd answered with an error.
-    case server(code: Int, message: String)
-    /// etcd's answer could not be read.
-    case badAnswer(String)
-
-    public var description: String {
-        switch self {
-        case .badEndpoint(let url, let why): "etcd endpoint \"\(url)\" cannot be used: \(why)"
-        case .unreachable(let why): "no etcd endpoint answered: \(why)"
-        case .server(let code, let message): "etcd refused (code \(code)): \(message)"
-        case .badAnswer(let why): "etcd's answer could not be read: \(why)"
-        }
-    }
-
-    /// etcd no longer knows the lease (it expired or was revoked).
-    var isLeaseNotFound: Bool {
-        if case .server(_, let message) = self { return message.contains("lease not found") }
-        return false
-    }
-
-    /// Whether another member may answer where this one failed.
-    var triesAnotherMember: Bool {
-        switch self {
-        case .unreachable: return true
-        case .server(let code, let message):
-            // gRPC UNAVAILABLE and DEADLINE_EXCEEDED, and the UNKNOWN errors that mean the
-            // same (the member has no leader, lost its quorum, or is stopping).
-            if code == 14 || code == 4 { return true }
-            let transient = [
-                "no leader", "leader changed", "request timed out", "context deadline exceeded",
-                "transport is closing", "server stopped", "not capable",
-            ]
-            return transient.contains { message.contains($0) }
-        case .badEndpoint, .badAnswer: return false
-        }
-    }
-}
-
 /// etcd's v3 JSON gateway over HTTP/1.1 (NIOHTTP1's codec) on our plain or TLS transport:
 /// unary calls and streams of one JSON object per line, with failover between members.
 final class EtcdGateway: Sendable {
     let endpoints: [EtcdEndpoint]
     private let plain: any MessagingTransport
     private let secure: (any MessagingTransport)?
-    private let group: any EventLoopGroup
+    /// The event loops of the calls, asked for at each connection (an election makes its own
+    /// on first use, and refuses once shut down).
+    private let group: @Sendable () throws -> any EventLoopGroup
     private let connectTimeout: TimeAmount
     private let logger: Logger
     /// The member to try first: the last one that answered.
     private let preferred = NIOLockedValueBox(0)
 
+    /// The ALPN protocol etcd's gateway speaks. etcd refuses a client that offers only others
+    /// (`smsg/1`, a TLS configuration's default) with the no_application_protocol alert.
+    static let applicationProtocol = "http/1.1"
+
+    /// - Throws: `TLSError` when `tls` cannot be used (a certificate or key that does not load).
     init(
         endpoints: [EtcdEndpoint],
-        tls: (any MessagingTransport)?,
-        group: any EventLoopGroup,
+        tls: TLSConfiguration?,
+        group: @escaping @Sendable () throws -> any EventLoopGroup,
         connectTimeout: TimeAmount,
         logger: Logger
-    ) {
+    ) throws {
         self.endpoints = endpoints
         self.plain = PlainTCPTransport()
-        self.secure = tls
+        if var tls {
+            tls.applicationProtocols = [Self.applicationProtocol]
+            self.secure = try TLSTransport(configuration: tls)
+        } else {
+            self.secure = nil
+        }
         self.group = group
         self.connectTimeout = connectTimeout
         self.logger = logger
@@ -162,7 +131,7 @@ final class EtcdGateway: Sendable {
 
     private func onSomeMember<T>(_ attempt: (EtcdEndpoint) async throws -> T) async throws -> T {
         let first = self.preferred.withLockedValue { $0 }
-        var lastError: EtcdError = .unreachable("no endpoints")
+        var lastError = EtcdError(.unreachable, "no endpoints")
         for offset in self.endpoints.indices {
             let index = (first + offset) % self.endpoints.count
             let endpoint = self.endpoints[index]
@@ -196,11 +165,12 @@ final class EtcdGateway: Sendable {
             connectTimeout = min(connectTimeout, .nanoseconds(max(1, Int64(timeout / .nanoseconds(1)))))
         }
         guard let transport = endpoint.secure ? self.secure : self.plain else {
-            throw EtcdError.badEndpoint("\(endpoint)", "https needs a TLS configuration")
+            throw EtcdError(.invalidConfiguration, "endpoint \(endpoint): https needs a TLS configuration")
         }
+        let group = try self.group()
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
-            channel = try await ClientBootstrap(group: self.group)
+            channel = try await ClientBootstrap(group: group)
                 .connectTimeout(connectTimeout)
                 .connect(host: endpoint.host, port: endpoint.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -212,7 +182,7 @@ final class EtcdGateway: Sendable {
                     }
                 }
         } catch {
-            throw EtcdError.unreachable("\(endpoint): \(error)")
+            throw EtcdError(.unreachable, "\(endpoint): \(error)", cause: error)
         }
         do {
             return try await channel.executeThenClose { inbound, outbound in
@@ -244,7 +214,7 @@ final class EtcdGateway: Sendable {
                         }
                         pending.discardReadBytes()
                     case .end:
-                        guard let status else { throw EtcdError.badAnswer("no status line") }
+                        guard let status else { throw EtcdError(.badAnswer, "no status line") }
                         if status != .ok {
                             throw Self.serverError(pending, status: status)
                         }
@@ -256,7 +226,7 @@ final class EtcdGateway: Sendable {
                         return pending
                     }
                 }
-                throw EtcdError.unreachable("\(endpoint) closed the connection before answering \(path)")
+                throw EtcdError(.unreachable, "\(endpoint) closed the connection before answering \(path)")
             }
         } catch let error as EtcdError {
             throw error
@@ -264,7 +234,7 @@ final class EtcdGateway: Sendable {
             throw CancellationError()
         } catch {
             if Task.isCancelled { throw CancellationError() }
-            throw EtcdError.unreachable("\(endpoint): \(error)")
+            throw EtcdError(.unreachable, "\(endpoint): \(error)", cause: error)
         }
     }
 
@@ -281,7 +251,7 @@ final class EtcdGateway: Sendable {
             }
             defer { group.cancelAll() }
             guard let result = try await group.next() ?? nil else {
-                throw EtcdError.unreachable("\(path) got no answer within \(timeout)")
+                throw EtcdError(.unreachable, "\(path) got no answer within \(timeout)")
             }
             return result
         }
@@ -296,12 +266,12 @@ final class EtcdGateway: Sendable {
     static func decode<T: Decodable>(_ type: T.Type, _ buffer: ByteBuffer, path: String) throws -> T {
         let data = Data(buffer.readableBytesView)
         if let failure = try? JSONDecoder().decode(GatewayStreamError.self, from: data), let error = failure.error {
-            throw EtcdError.server(code: error.grpcCode ?? 2, message: error.message ?? "unknown")
+            throw EtcdError(.server, error.message ?? "unknown", status: error.grpcCode ?? 2)
         }
         do {
             return try JSONDecoder().decode(type, from: data)
         } catch {
-            throw EtcdError.badAnswer("\(path): \(error)")
+            throw EtcdError(.badAnswer, "\(path): \(error)", cause: error)
         }
     }
 
@@ -310,14 +280,18 @@ final class EtcdGateway: Sendable {
         // A unary call's error is flat; a streaming call's, nested (and it can come with a
         // status other than 200 when nothing was streamed before it).
         if let failure = try? JSONDecoder().decode(GatewayUnaryError.self, from: data), failure.code != nil {
-            return .server(code: failure.code ?? 2, message: failure.message ?? failure.error ?? "HTTP \(status.code)")
+            return EtcdError(
+                .server,
+                failure.message ?? failure.error ?? "HTTP \(status.code)",
+                status: failure.code ?? 2
+            )
         }
         if let failure = try? JSONDecoder().decode(GatewayStreamError.self, from: data), let error = failure.error {
-            return .server(code: error.grpcCode ?? 2, message: error.message ?? "HTTP \(status.code)")
+            return EtcdError(.server, error.message ?? "HTTP \(status.code)", status: error.grpcCode ?? 2)
         }
         // 503 and 504 without a readable body: the member cannot serve now.
-        let code = status.code == 503 || status.code == 504 ? 14 : 2
-        return .server(code: code, message: "HTTP \(status.code) \(status.reasonPhrase)")
+        let code = status.code == 503 || status.code == 504 ? EtcdError.Status.unavailable : 2
+        return EtcdError(.server, "HTTP \(status.code) \(status.reasonPhrase)", status: code)
     }
 }
 

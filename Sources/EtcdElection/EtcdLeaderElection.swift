@@ -1,10 +1,12 @@
 public import Cluster
+import Dispatch
 import FoundationEssentials
 public import Logging
 public import Messaging
 import NIOConcurrencyHelpers
 public import NIOCore
 import NIOPosix
+public import SecureTransport
 
 /// Settings of an ``EtcdLeaderElection``.
 public struct EtcdElectionConfiguration: Sendable {
@@ -16,9 +18,11 @@ public struct EtcdElectionConfiguration: Sendable {
     /// The time to live of a candidate's lease, in whole seconds (etcd's unit). A leader whose
     /// renewals stop steps down within it; a leader that dies is replaced after it.
     public var leaseTTL: Duration = .seconds(5)
-    /// The transport for `https://` endpoints (a `TLSTransport` with this side's client
-    /// certificate, for etcd's mutual TLS).
-    public var tls: (any MessagingTransport)?
+    /// The TLS settings for `https://` endpoints: etcd's CA as trust roots and, for etcd's
+    /// client-certificate authentication (`--client-cert-auth`), this side's certificate and
+    /// key. The election offers ALPN `http/1.1` whatever the configuration lists (etcd refuses
+    /// a client that offers only `smsg/1`, the configurations' default).
+    public var tls: TLSConfiguration?
     /// How long to wait for a TCP connection to a member.
     public var connectTimeout: Duration = .seconds(2)
 
@@ -42,50 +46,71 @@ public final class EtcdLeaderElection: LeaderElection {
     private let logger: Logger
     private let ttlSeconds: Int64
     private let readers = LeaderReaders()
+    private let loops: ElectionEventLoops
 
-    /// One event loop of its own for the calls to etcd of every election in the process, by
-    /// default: a leader's renewals must not wait in line behind the TLS handshakes of a crowd
-    /// of collaborators joining it on the shared loops. Never shut down.
-    private static let ownEventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-
-    /// Makes an election client; nothing is sent to etcd until it is used.
+    /// Makes an election client; nothing is sent to etcd, and no thread started, until it is
+    /// used.
     ///
     /// - Parameters:
-    ///   - configuration: the etcd endpoints, the election's name, the lease's time to live.
-    ///   - group: where the calls to etcd run; `nil`: one event loop shared by the elections
-    ///     of the process and used by nothing else, so that a leader's renewals never wait
-    ///     behind the TLS handshakes of collaborators joining it.
+    ///   - configuration: the etcd endpoints, the election's name, the lease's time to live,
+    ///     the TLS settings for `https://` endpoints.
+    ///   - group: where the calls to etcd run; `nil`: an event loop of the election's own,
+    ///     made on first use and used by nothing else, so that a leader's renewals never wait
+    ///     behind the TLS handshakes of collaborators joining it. ``shutdown()`` ends it (an
+    ///     election that is let go without it ends it too); a group given here is the caller's
+    ///     to shut down.
     ///   - logger: where failed calls, failovers between members and lost leases are logged.
-    /// - Throws: ``EtcdError`` when an endpoint is not a usable URL, there is none, or the
-    ///   lease time to live is under one second.
+    /// - Throws: ``EtcdError`` with ``EtcdError/Code/invalidConfiguration`` when an endpoint is
+    ///   not a usable URL, there is none, the lease time to live is under one second, or the
+    ///   TLS settings do not load (the `TLSError` is its cause).
     public init(
         configuration: EtcdElectionConfiguration,
         group: (any EventLoopGroup)? = nil,
         logger: Logger = Logger(label: "smsg.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         guard !configuration.endpoints.isEmpty else {
-            throw EtcdError.badEndpoint("", "no etcd endpoint given")
+            throw EtcdError(.invalidConfiguration, "no etcd endpoint given")
         }
         guard !configuration.electionName.isEmpty else {
-            throw EtcdError.badEndpoint("", "the election needs a name")
+            throw EtcdError(.invalidConfiguration, "the election needs a name")
         }
         let ttl = configuration.leaseTTL.components.seconds
         guard ttl >= 1 else {
-            throw EtcdError.badEndpoint("", "the lease time to live is at least one second")
+            throw EtcdError(.invalidConfiguration, "the lease time to live is at least one second")
         }
         self.configuration = configuration
         self.ttlSeconds = ttl
         self.logger = logger
-        self.gateway = EtcdGateway(
-            endpoints: try configuration.endpoints.map(EtcdEndpoint.init),
-            tls: configuration.tls,
-            group: group ?? Self.ownEventLoopGroup,
-            connectTimeout: .nanoseconds(
-                configuration.connectTimeout.components.seconds * 1_000_000_000
-                    + configuration.connectTimeout.components.attoseconds / 1_000_000_000
-            ),
-            logger: logger
-        )
+        let loops = ElectionEventLoops(given: group)
+        self.loops = loops
+        do {
+            self.gateway = try EtcdGateway(
+                endpoints: try configuration.endpoints.map(EtcdEndpoint.init),
+                tls: configuration.tls,
+                group: { try loops.group() },
+                connectTimeout: .nanoseconds(
+                    configuration.connectTimeout.components.seconds * 1_000_000_000
+                        + configuration.connectTimeout.components.attoseconds / 1_000_000_000
+                ),
+                logger: logger
+            )
+        } catch let error as TLSError {
+            throw EtcdError(.invalidConfiguration, "the TLS settings for etcd: \(error)", cause: error)
+        }
+    }
+
+    deinit {
+        self.loops.shutDownInBackground()
+    }
+
+    /// Ends the election client: observations end (every ``leaders()`` sequence finishes), calls
+    /// made from now on throw ``EtcdError`` with ``EtcdError/Code/shutDown``, and the election's
+    /// own event loop stops (calls still under way fail). Leadership is not resigned here: a
+    /// `Leader` resigns its own as it stops, so shut the election down after the services that
+    /// use it have returned.
+    public func shutdown() async {
+        self.readers.finishAll()
+        await self.loops.shutDown()
     }
 
     private var name: GatewayBytes { GatewayBytes(self.configuration.electionName) }
@@ -111,7 +136,7 @@ public final class EtcdLeaderElection: LeaderElection {
                 timeout: self.callTimeout
             )
             guard let id = grant.ID?.value, let ttl = grant.TTL?.value, ttl > 0 else {
-                throw EtcdError.badAnswer("lease grant: \(grant.error ?? "no lease")")
+                throw EtcdError(.badAnswer, "lease grant: \(grant.error ?? "no lease")")
             }
             do {
                 if let leadership = try await self.campaign(lease: id, ttl: ttl, sent: sent, address: address) {
@@ -157,7 +182,7 @@ public final class EtcdLeaderElection: LeaderElection {
                             timeout: .seconds(365 * 24 * 3600)
                         )
                         guard let key = answer.leader else {
-                            throw EtcdError.badAnswer("campaign: no leader key")
+                            throw EtcdError(.badAnswer, "campaign: no leader key")
                         }
                         // etcd can declare a waiting campaign won after its lease expired: the
                         // win counts only if the lease still lives and the key still leads.
@@ -382,6 +407,69 @@ public final class EtcdLeaderElection: LeaderElection {
     }
 }
 
+/// The event loops of an election's calls: the caller's, or one of the election's own, made on
+/// first use and shut down with the election.
+private final class ElectionEventLoops: Sendable {
+    private enum State {
+        case given(any EventLoopGroup)
+        case notStarted
+        case running(MultiThreadedEventLoopGroup)
+        case shutDown
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(given: (any EventLoopGroup)?) {
+        self.state = NIOLockedValueBox(given.map { .given($0) } ?? .notStarted)
+    }
+
+    func group() throws -> any EventLoopGroup {
+        try self.state.withLockedValue { state in
+            switch state {
+            case .given(let group):
+                return group
+            case .running(let group):
+                return group
+            case .notStarted:
+                let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                state = .running(group)
+                return group
+            case .shutDown:
+                throw EtcdError(.shutDown, "the election was shut down")
+            }
+        }
+    }
+
+    /// Takes the election's own group, if it made one, out of use.
+    private func take() -> MultiThreadedEventLoopGroup? {
+        self.state.withLockedValue { state in
+            switch state {
+            case .given:
+                // The caller's to shut down; the election refuses calls all the same.
+                state = .shutDown
+                return nil
+            case .running(let group):
+                state = .shutDown
+                return group
+            case .notStarted, .shutDown:
+                state = .shutDown
+                return nil
+            }
+        }
+    }
+
+    func shutDown() async {
+        guard let group = self.take() else { return }
+        try? await group.shutdownGracefully()
+    }
+
+    /// From `deinit`, which cannot wait: the shutdown finishes on a queue of its own.
+    func shutDownInBackground() {
+        guard let group = self.take() else { return }
+        group.shutdownGracefully(queue: .global()) { _ in }
+    }
+}
+
 /// The readers of ``EtcdLeaderElection/leaders()``, told each leader once, in order of term:
 /// the poll and a renewed observation report the one already told, and a poll answered just
 /// before an election can arrive after it.
@@ -393,6 +481,8 @@ private final class LeaderReaders: Sendable {
         var observation: Task<Void, Never>?
         /// Which observation may offer: one cancelled may still answer, and is not heard.
         var generation = 0
+        /// The election was shut down: no more readers.
+        var finished = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -406,7 +496,8 @@ private final class LeaderReaders: Sendable {
             of: ElectedLeader.self,
             bufferingPolicy: .bufferingNewest(16)
         )
-        let id = self.state.withLockedValue { state in
+        let id = self.state.withLockedValue { state -> Int? in
+            guard !state.finished else { return nil }
             let id = state.nextID
             state.nextID += 1
             state.readers[id] = continuation
@@ -418,6 +509,10 @@ private final class LeaderReaders: Sendable {
                 state.observation = observe { self.offer($0, generation: generation) }
             }
             return id
+        }
+        guard let id else {
+            continuation.finish(throwing: EtcdError(.shutDown, "the election was shut down"))
+            return stream
         }
         continuation.onTermination = { _ in self.remove(id) }
         return stream
@@ -435,6 +530,24 @@ private final class LeaderReaders: Sendable {
             return state.observation
         }
         ended?.cancel()
+    }
+
+    /// Ends every reader's sequence and the observation, for good: a reader added later is
+    /// finished at once.
+    func finishAll() {
+        let (readers, observation) = self.state.withLockedValue { state in
+            defer {
+                state.readers = [:]
+                state.observation = nil
+                state.finished = true
+                state.generation += 1
+            }
+            return (Array(state.readers.values), state.observation)
+        }
+        observation?.cancel()
+        for reader in readers {
+            reader.finish()
+        }
     }
 
     private func offer(_ leader: ElectedLeader, generation: Int) {

@@ -161,6 +161,7 @@ struct CollaboratorCommand: AsyncParsableCommand {
             configuration.session.heartbeatInterval = heartbeat
         }
         let collaborator: Collaborator
+        var etcd: EtcdLeaderElection?
         if let address = settings.leader {
             collaborator = Collaborator(
                 leaderHost: address.host,
@@ -171,8 +172,10 @@ struct CollaboratorCommand: AsyncParsableCommand {
                 logger: logger
             )
         } else if let election = settings.election {
+            let made = try ElectionOptions.makeElection(election, logger: logger)
+            etcd = made
             collaborator = Collaborator(
-                election: try ElectionOptions.makeElection(election, logger: logger),
+                election: made,
                 transport: transport,
                 serverHostname: settings.serverName,
                 configuration: configuration,
@@ -203,7 +206,9 @@ struct CollaboratorCommand: AsyncParsableCommand {
         defer { printing.cancel() }
         do {
             try await group.run()
+            await etcd?.shutdown()
         } catch {
+            await etcd?.shutdown()
             // A collaborator that gave up (refused for its identity, or out of attempts): its
             // last events first, then the error, and a non-zero exit.
             await printing.value

@@ -70,10 +70,12 @@ struct ElectionOptions: ParsableArguments {
                 tls.privateKey = .file(key)
             }
             do {
-                configuration.tls = try TLSTransport(configuration: tls)
+                // Loaded once here, so that --print-config refuses files that do not load too.
+                _ = try TLSContext(configuration: tls)
             } catch let error as TLSError {
                 throw ValidationError("TLS configuration for etcd refused: \(error.reason)")
             }
+            configuration.tls = tls
         }
         effective.set("etcd", endpoints.joined(separator: ","))
         effective.set("election", name)
@@ -110,6 +112,9 @@ struct ElectionOptions: ParsableArguments {
         do {
             return try EtcdLeaderElection(configuration: configuration, logger: logger)
         } catch let error as EtcdError {
+            if let tls = error.cause as? TLSError {
+                throw ValidationError("TLS configuration for etcd refused: \(tls.reason)")
+            }
             throw ValidationError("\(error)")
         }
     }

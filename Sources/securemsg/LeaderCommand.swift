@@ -213,6 +213,23 @@ struct LeaderCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
+        do {
+            try await Self.serve(leader, in: group, screen: screen, address: address, interactive: interactive)
+        } catch {
+            await election?.shutdown()
+            throw error
+        }
+        // After the leader: it resigns its leadership as it stops.
+        await election?.shutdown()
+    }
+
+    private static func serve(
+        _ leader: Leader,
+        in group: ServiceGroup,
+        screen: LiveScreen,
+        address: HostPort,
+        interactive: Bool
+    ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             tasks.addTask {

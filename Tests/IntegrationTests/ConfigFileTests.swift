@@ -90,6 +90,10 @@ struct ConfigFileTests {
                 "whole seconds from 1 to 3600"
             ),
             (["--etcd", "https://127.0.0.1:2379", "--election", "g"], "https etcd endpoints need etcd_ca"),
+            (
+                ["--etcd", "https://127.0.0.1:2379", "--election", "g", "--etcd-ca", "/nonexistent/ca.pem"],
+                "TLS configuration for etcd refused",
+            ),
             (["--etcd", "http://127.0.0.1:2379", "--election", "g", "--leader", "127.0.0.1:7443"], "not both"),
             ([], "leader is required"),
         ]

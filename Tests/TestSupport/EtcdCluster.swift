@@ -21,8 +21,11 @@ public final class EtcdCluster: Sendable {
     private let members: NIOLockedValueBox<[ChildProcess?]>
     private let directory: String
 
-    /// Starts `size` members and returns once every one of them is healthy.
-    public init(members size: Int = 1) async throws {
+    /// Starts `size` members and returns once every one of them is healthy. With `tls`, the
+    /// members serve clients over `https` only and require a client certificate issued by
+    /// `tls.ca` (`--client-cert-auth`), as production etcd does; their health is read on a
+    /// plain metrics port of their own.
+    public init(members size: Int = 1, tls: EtcdTLSFiles? = nil) async throws {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         guard path.split(separator: ":").contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/etcd") })
         else {
@@ -35,12 +38,21 @@ public final class EtcdCluster: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // Ports taken from the system and let go just before etcd takes them.
         var reserved: [ClosedPort] = []
-        for _ in 0..<(2 * size) {
+        for _ in 0..<(3 * size) {
             reserved.append(ClosedPort())
         }
-        let clientPorts = (0..<size).map { reserved[2 * $0].port }
-        let peerPorts = (0..<size).map { reserved[2 * $0 + 1].port }
+        let clientPorts = (0..<size).map { reserved[3 * $0].port }
+        let peerPorts = (0..<size).map { reserved[3 * $0 + 1].port }
+        let healthPorts = tls == nil ? clientPorts : (0..<size).map { reserved[3 * $0 + 2].port }
         reserved.removeAll()
+        let scheme = tls == nil ? "http" : "https"
+        var security: [String] = []
+        if let tls {
+            security = [
+                "--cert-file", tls.certificate, "--key-file", tls.key, "--trusted-ca-file", tls.ca,
+                "--client-cert-auth",
+            ]
+        }
         let cluster = (0..<size).map { "m\($0)=http://127.0.0.1:\(peerPorts[$0])" }.joined(separator: ",")
         var members: [ChildProcess?] = []
         for index in 0..<size {
@@ -49,23 +61,24 @@ public final class EtcdCluster: Sendable {
                     "etcd",
                     [
                         "--name", "m\(index)", "--data-dir", "\(directory)/m\(index)",
-                        "--listen-client-urls", "http://127.0.0.1:\(clientPorts[index])",
-                        "--advertise-client-urls", "http://127.0.0.1:\(clientPorts[index])",
+                        "--listen-client-urls", "\(scheme)://127.0.0.1:\(clientPorts[index])",
+                        "--advertise-client-urls", "\(scheme)://127.0.0.1:\(clientPorts[index])",
                         "--listen-peer-urls", "http://127.0.0.1:\(peerPorts[index])",
                         "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPorts[index])",
                         "--initial-cluster", cluster, "--initial-cluster-state", "new",
                         "--initial-cluster-token", "smsg-test", "--heartbeat-interval", "20",
                         "--election-timeout", "200", "--log-level", "error",
-                    ]
+                    ] + security
+                        + (tls == nil ? [] : ["--listen-metrics-urls", "http://127.0.0.1:\(healthPorts[index])"])
                 )
             )
         }
         self.clientPorts = clientPorts
-        self.clientURLs = clientPorts.map { "http://127.0.0.1:\($0)" }
+        self.clientURLs = clientPorts.map { "\(scheme)://127.0.0.1:\($0)" }
         self.members = NIOLockedValueBox(members)
         self.directory = directory
         let deadline = ContinuousClock.now + .seconds(30)
-        for port in clientPorts {
+        for port in healthPorts {
             while await httpGetOffPool(port: port, path: "/health")?.contains("{\"health\":\"true\"}") != true {
                 guard ContinuousClock.now < deadline else {
                     let output = self.members.withLockedValue { $0.compactMap { $0?.output }.joined(separator: "\n") }
@@ -112,6 +125,21 @@ public final class EtcdCluster: Sendable {
 /// as many threads as cores.
 public func httpGetOffPool(port: Int, path: String) async -> String? {
     try? await NIOThreadPool.singleton.runIfActive { httpGet(port: port, path: path) }
+}
+
+/// The PEM files of etcd's TLS: its CA (which must have issued the clients' certificates too),
+/// and its own certificate and key. The certificate needs clientAuth as well as serverAuth:
+/// etcd's JSON gateway dials etcd itself with it.
+public struct EtcdTLSFiles: Sendable {
+    public var ca: String
+    public var certificate: String
+    public var key: String
+
+    public init(ca: String, certificate: String, key: String) {
+        self.ca = ca
+        self.certificate = certificate
+        self.key = key
+    }
 }
 
 public struct EtcdClusterError: Error, CustomStringConvertible {
