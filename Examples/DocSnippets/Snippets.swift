@@ -45,7 +45,7 @@ func handlers(collaborator: Collaborator, leader: Leader, users: [String: User])
         let reply = try await leader.request(to: "collab-1", topic: "user", body: ByteBuffer(string: "42"))
         print(String(buffer: reply.body))
     } catch let failure as RequestError {
-        print(failure.code)  // .invalidArgument, .noHandler, .failed, .deadlineExceeded, .resourceExhausted, …
+        print(failure.code)  // .invalidArgument, .noHandler, .deadlineExceeded, .unavailable, .cancelled, …
     }
 }
 

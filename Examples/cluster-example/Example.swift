@@ -82,6 +82,7 @@ struct ClusterExample {
             do {
                 _ = try await leader.request(to: "collab-1", topic: "divide", value: [1, 0], as: Int.self)
             } catch let error as RequestError {
+                // Every request throws RequestError: the responder's code, or what ended it here.
                 print("divide: \(error.code) \(error.message)")
             }
 

@@ -227,8 +227,9 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// Sends a REQUEST carrying `value` to the leader and decodes its answer, both through
     /// ``coder``; see ``request(topic:headers:body:timeout:)``.
     ///
-    /// - Throws: `MessageCodingError` when `value` does not encode or the answer does not
-    ///   decode; otherwise as the `body:` form.
+    /// - Throws: `RequestError` as the `body:` form; `invalidArgument`, with the
+    ///   ``MessageCodingError`` as its cause, when `value` does not encode or the answer does
+    ///   not decode.
     public func request<Response: Decodable>(
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
@@ -236,9 +237,9 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         as type: Response.Type = Response.self,
         timeout: Duration? = nil
     ) async throws -> Response {
-        let body = try self.coder.body(value)
+        let body = try self.coder.requestBody(value)
         let answer = try await self.request(topic: topic, headers: headers, body: body, timeout: timeout)
-        return try self.coder.value(type, of: answer)
+        return try self.coder.answer(type, of: answer)
     }
 
     /// Sends DATA carrying `value` (encoded by ``coder``) to the leader.
@@ -273,7 +274,11 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// a connection too. It runs in a client span whose trace context goes along in the
     /// headers (where the leader has the `headers` extension).
     ///
-    /// - Throws: `RequestError` when the leader did not serve it (NO_HANDLER, FAILED, …).
+    /// - Throws: `RequestError`, whatever ended the request (see `RequestError` for the
+    ///   table): the leader's code when it did not serve it (NO_HANDLER, FAILED, …);
+    ///   `deadlineExceeded` when no answer (or no connection) came within the timeout;
+    ///   `unavailable` when the connection was lost or the collaborator left; `cancelled` when
+    ///   the calling task is.
     public func request(
         topic: String,
         headers: MessageHeaders = MessageHeaders(),

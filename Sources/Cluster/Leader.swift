@@ -151,9 +151,10 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// trace context goes along in the headers (where the collaborator has the `headers`
     /// extension).
     ///
-    /// - Throws: `RequestError` when the collaborator did not serve it (see
-    ///   `Session/request(topic:headers:body:timeout:)`), `MessagingError` with
-    ///   `MessagingError/Code/notConnected` when it is not connected.
+    /// - Throws: `RequestError`, whatever ended the request (see `RequestError` for the
+    ///   table): the collaborator's code when it did not serve it; `unavailable` when it is not
+    ///   connected, its connection is lost, or this leader does not lead now;
+    ///   `deadlineExceeded` at the timeout; `cancelled` when the calling task is.
     public func request(
         to nodeID: String,
         topic: String,
@@ -176,8 +177,9 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// Sends a REQUEST carrying `value` to one collaborator and decodes its answer, both
     /// through ``coder``; see ``request(to:topic:headers:body:timeout:)``.
     ///
-    /// - Throws: `MessageCodingError` when `value` does not encode or the answer does not
-    ///   decode; otherwise as the `body:` form.
+    /// - Throws: `RequestError` as the `body:` form; `invalidArgument`, with the
+    ///   ``MessageCodingError`` as its cause, when `value` does not encode or the answer does
+    ///   not decode.
     public func request<Response: Decodable>(
         to nodeID: String,
         topic: String,
@@ -186,9 +188,9 @@ public final class Leader: Service, MessageRouting, Sendable {
         as type: Response.Type = Response.self,
         timeout: Duration? = nil
     ) async throws -> Response {
-        let body = try self.coder.body(value)
+        let body = try self.coder.requestBody(value)
         let answer = try await self.request(to: nodeID, topic: topic, headers: headers, body: body, timeout: timeout)
-        return try self.coder.value(type, of: answer)
+        return try self.coder.answer(type, of: answer)
     }
 
     /// Sends DATA carrying `value` (encoded by ``coder``) to one collaborator.

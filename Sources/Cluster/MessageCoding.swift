@@ -65,6 +65,26 @@ public struct MessageCoder: Sendable {
     }
 }
 
+extension MessageCoder {
+    /// A request's body, or `invalidArgument` with the coding error as its cause.
+    func requestBody(_ value: some Encodable) throws -> ByteBuffer {
+        do {
+            return try self.body(value)
+        } catch {
+            throw RequestError(.invalidArgument, "\(error)", cause: error)
+        }
+    }
+
+    /// An answer's value, or `invalidArgument` with the coding error as its cause.
+    func answer<Value: Decodable>(_ type: Value.Type, of message: Message) throws -> Value {
+        do {
+            return try self.value(type, of: message)
+        } catch {
+            throw RequestError(.invalidArgument, "\(error)", cause: error)
+        }
+    }
+}
+
 /// A typed message that could not be encoded (before sending) or decoded (a RESPONSE's body).
 /// A REQUEST whose body a typed handler cannot decode is answered INVALID_ARGUMENT instead.
 public struct MessageCodingError: Error, Hashable, Sendable, CustomStringConvertible {

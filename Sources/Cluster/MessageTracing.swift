@@ -41,13 +41,18 @@ struct MessageTracing: Sendable {
         return headers
     }
 
-    /// Runs `operation` (a request to `peer`) in a client span named after the topic.
+    /// Runs `operation` (a request to `peer`) in a client span named after the topic; whatever
+    /// ends it without an answer is thrown as the `RequestError` it stands for.
     func request(
         topic: String,
         peer: String?,
         _ operation: () async throws -> Message
     ) async throws -> Message {
-        try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation)
+        do {
+            return try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation)
+        } catch {
+            throw RequestError(endingRequest: error)
+        }
     }
 
     private static func clientSpan(
@@ -64,9 +69,10 @@ struct MessageTracing: Sendable {
             }
             do {
                 return try await operation()
-            } catch let error as RequestError {
-                span.attributes["smsg.status_code"] = Int(error.code.rawValue)
-                throw error
+            } catch {
+                let outcome = RequestError(endingRequest: error)
+                span.attributes["smsg.status_code"] = Int(outcome.code.rawValue)
+                throw outcome
             }
         }
     }

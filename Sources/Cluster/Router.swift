@@ -46,9 +46,10 @@ public struct Response: Sendable {
 /// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session;
 ///   beyond that a REQUEST is answered RESOURCE_EXHAUSTED at once.
 /// - A REQUEST on a topic with no handler is answered NO_HANDLER.
-/// - A handler that throws `RequestError` answers with its code and message; one that throws
-///   anything else answers FAILED with a generic message, and the error is logged (with the
-///   node, topic and request id) and counted. A DATA handler's error is logged and counted.
+/// - A handler that throws `RequestError`, or an error that is `RequestErrorConvertible`,
+///   answers with its code, message and metadata; one that throws anything else answers FAILED
+///   with a generic message, and the error is logged (with the node, topic and request id) and
+///   counted. A DATA handler's error is logged and counted.
 ///   Neither closes nor stalls the session: only protocol violations do.
 /// - A REQUEST's handler is cancelled when the requester CANCELs it, when the connection
 ///   ends, or at its deadline (answered DEADLINE_EXCEEDED).
@@ -241,8 +242,8 @@ public final class Router: Sendable {
             race.addTask {
                 do {
                     return .answered(.success(try await handler(message, context)))
-                } catch let error as RequestError {
-                    return .answered(.failure(error))
+                } catch let error as any RequestErrorConvertible {
+                    return .answered(.failure(RequestError(error)))
                 } catch {
                     if Task.isCancelled {
                         // Cancelled by the race: whichever ended it says what happened.

@@ -2,7 +2,7 @@ public import Cluster
 import Dispatch
 import FoundationEssentials
 public import Logging
-public import Messaging
+import Messaging
 import NIOConcurrencyHelpers
 public import NIOCore
 import NIOPosix

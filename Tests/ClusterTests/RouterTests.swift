@@ -194,9 +194,11 @@ struct RouterTests {
                 leader.collaborator("collab-1")?.state == .active && collaborator.session?.currentState == .open
             }
             let start = ContinuousClock.now
-            await #expect(throws: MessagingError.self) {
+            // The requester's own timeout: DEADLINE_EXCEEDED, whichever side noticed first.
+            let outcome = await #expect(throws: RequestError.self) {
                 try await collaborator.request(topic: "slow", body: ByteBuffer(), timeout: .seconds(2))
             }
+            #expect(outcome?.code == .deadlineExceeded)
             await eventually("the handler cancelled at its deadline", timeout: .seconds(20)) {
                 seen.all == ["cancelled"]
             }

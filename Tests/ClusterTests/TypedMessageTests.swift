@@ -71,12 +71,13 @@ struct TypedMessageTests {
             } catch let error as RequestError {
                 #expect(error.code == .invalidArgument)
             }
-            // An answer of the wrong shape is the requester's decoding error.
+            // An answer of the wrong shape: INVALID_ARGUMENT, the decoding error its cause.
             do {
                 _ = try await collaborator.request(topic: "sum", value: Sum(numbers: [1]), as: Sum.self)
                 Issue.record("expected a decoding error")
-            } catch let error as MessageCodingError {
-                #expect(error.kind == .decoding)
+            } catch let error as RequestError {
+                #expect(error.code == .invalidArgument)
+                #expect((error.cause as? MessageCodingError)?.kind == .decoding)
             }
             #expect(collaborator.session?.currentState == .open)
             await collaborator.leave()

@@ -125,8 +125,9 @@ struct EchoTests {
             do {
                 _ = try await client.request(topic: "never", body: ByteBuffer(), timeout: .milliseconds(100))
                 Issue.record("expected a timeout")
-            } catch let error as MessagingError {
-                #expect(error.code == .requestTimedOut)
+            } catch let error as RequestError {
+                #expect(error.code == .deadlineExceeded)
+                #expect((error.cause as? MessagingError)?.code == .requestTimedOut)
             }
             let pending = Task { try await client.request(topic: "never", body: ByteBuffer(), timeout: .seconds(30)) }
             try await Task.sleep(for: .milliseconds(50))
@@ -134,9 +135,12 @@ struct EchoTests {
             do {
                 _ = try await pending.value
                 Issue.record("expected the request to fail")
-            } catch let error as MessagingError {
-                #expect(error.code == .peerError)
-                #expect(error.errorCode == .internal)
+            } catch let error as RequestError {
+                // The connection ended: UNAVAILABLE, and the ERROR that ended it underneath.
+                #expect(error.code == .unavailable)
+                let cause = error.cause as? MessagingError
+                #expect(cause?.code == .peerError)
+                #expect(cause?.errorCode == .internal)
             }
         }
     }

@@ -91,7 +91,10 @@ struct ExtensionLoopbackTests {
             let caller = Task { try await client.request(topic: "hang", body: ByteBuffer(), timeout: .seconds(60)) }
             await eventually("the request reached the server") { !log.requests.isEmpty }
             caller.cancel()
-            await #expect(throws: CancellationError.self) { try await caller.value }
+            // The caller's cancellation is the request's outcome, CANCELLED, with its cause.
+            let outcome = await #expect(throws: RequestError.self) { try await caller.value }
+            #expect(outcome?.code == .cancelled)
+            #expect(outcome?.cause is CancellationError)
             await eventually("the responder heard of it") { log.cancelled == log.requests.map(\.id) }
             #expect(client.session.currentState == .open)
             let reply = try await client.request(topic: "echo", body: ByteBuffer(string: "after"))
@@ -105,9 +108,11 @@ struct ExtensionLoopbackTests {
         let log = RequestLog()
         try await withServer(.plaintext, handler: answeringHandler(log)) { _, port in
             let client = try await connect(.plaintext, port: port)
-            await #expect(throws: MessagingError.self) {
+            let outcome = await #expect(throws: RequestError.self) {
                 try await client.request(topic: "hang", body: ByteBuffer(), timeout: .milliseconds(200))
             }
+            #expect(outcome?.code == .deadlineExceeded)
+            #expect((outcome?.cause as? MessagingError)?.code == .requestTimedOut)
             await eventually("the responder heard of it") { log.cancelled.count == 1 }
             await client.close()
         }
@@ -129,17 +134,20 @@ struct ExtensionLoopbackTests {
             #expect(log.requests.first?.timeout == nil, "no smsg-timeout-ms without headers")
 
             // Headers cannot go to a plain peer: a clear error, and the session carries on.
-            await #expect(throws: MessagingError.self) {
+            let refusal = await #expect(throws: RequestError.self) {
                 try await client.request(topic: "echo", headers: ["k": "v"], body: ByteBuffer())
             }
+            #expect(refusal?.code == .invalidArgument)
+            #expect((refusal?.cause as? MessagingError)?.code == .extensionNotInForce)
             // A failure is an empty RESPONSE to a plain peer.
             let refused = try await client.request(topic: "refuse", body: ByteBuffer())
             #expect(refused.body.readableBytes == 0)
             #expect(refused.failure == nil)
             // A timed-out request sends no CANCEL to a peer that would take it for an unknown type.
-            await #expect(throws: MessagingError.self) {
+            let timeout = await #expect(throws: RequestError.self) {
                 try await client.request(topic: "hang", body: ByteBuffer(), timeout: .milliseconds(100))
             }
+            #expect(timeout?.code == .deadlineExceeded)
             let after = try await client.request(topic: "echo", body: ByteBuffer(string: "alive"))
             #expect(String(buffer: after.body) == "alive")
             #expect(client.session.currentState == .open)
@@ -163,8 +171,9 @@ struct ExtensionLoopbackTests {
         do {
             _ = try await client.request(topic: "t", body: ByteBuffer(), timeout: .milliseconds(300))
             Issue.record("there is no server")
-        } catch let error as MessagingError {
-            #expect(error.code == .requestTimedOut)
+        } catch let error as RequestError {
+            #expect(error.code == .deadlineExceeded)
+            #expect((error.cause as? MessagingError)?.code == .requestTimedOut)
         }
         // The timeout is 0.3 s; a wide margin for a loaded machine, far below the 30 s default.
         #expect(ContinuousClock.now - start < .seconds(10))

@@ -197,12 +197,17 @@ struct ExtensionFrameTests {
 
     @Test("a FAILED code below 1000 that the protocol does not define is FAILED; 1000 and up are the application's")
     func receivedCodes() {
-        #expect(RequestError(failedBody: failedBody(code: 0, message: [])).code == .failed)
-        #expect(RequestError(failedBody: failedBody(code: 9, message: [])).code == .failed)
-        #expect(RequestError(failedBody: failedBody(code: 999, message: [])).code == .failed)
-        #expect(RequestError(failedBody: failedBody(code: 3, message: [])).code == .deadlineExceeded)
+        #expect(RequestError(failedBody: failedBody(code: 0, message: []), metadata: MessageHeaders()).code == .failed)
+        #expect(RequestError(failedBody: failedBody(code: 9, message: []), metadata: MessageHeaders()).code == .failed)
         #expect(
-            RequestError(failedBody: failedBody(code: 1000, message: Array("x".utf8)))
+            RequestError(failedBody: failedBody(code: 999, message: []), metadata: MessageHeaders()).code == .failed
+        )
+        #expect(
+            RequestError(failedBody: failedBody(code: 3, message: []), metadata: MessageHeaders()).code
+                == .deadlineExceeded
+        )
+        #expect(
+            RequestError(failedBody: failedBody(code: 1000, message: Array("x".utf8)), metadata: MessageHeaders())
                 == RequestError(.application(1000), "x")
         )
     }

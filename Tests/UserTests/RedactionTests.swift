@@ -62,7 +62,7 @@ struct RedactionTests {
         Self.expectNoLeak(leaf, key: leaf.privateKeyPEM, "CertificateAndKey")
         Self.expectNoLeak([leaf, leaf] as [CertificateAndKey], key: leaf.privateKeyPEM, "[CertificateAndKey]")
         Self.expectNoLeak(leaf.privateKey, key: leaf.privateKeyPEM, "PrivateKeySource")
-        Self.expectNoLeak(Optional(leaf), key: leaf.privateKeyPEM, "CertificateAndKey?")
+        Self.expectNoLeak(Optional(leaf) as Any, key: leaf.privateKeyPEM, "CertificateAndKey?")
 
         var configuration = TLSConfiguration.makeClientConfiguration(
             certificateChain: leaf.certificateChain,

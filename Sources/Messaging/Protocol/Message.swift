@@ -140,7 +140,7 @@ public struct Message: Sendable, Hashable {
         let timeout = received.timeoutMilliseconds.map { Duration.milliseconds($0) }
         var failure: RequestError?
         if flags.contains(.failed) {
-            failure = RequestError(failedBody: payload)
+            failure = RequestError(failedBody: payload, metadata: received.headers)
             payload.moveReaderIndex(to: payload.writerIndex)
         }
         let extras = Extras(

@@ -1,10 +1,23 @@
 import NIOCore
 
-/// A request that was not served: the outcome a FAILED RESPONSE carries (PROTOCOL.md
-/// "`status`"). A handler throws one to choose the code and message its requester sees; any
-/// other error a handler throws is answered as ``Code/failed`` with a generic message.
-/// `request` throws one when the answer is FAILED.
-public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible {
+/// What ended a request without its answer: the one error every request API throws.
+///
+/// A responder's FAILED RESPONSE (PROTOCOL.md "`status`") carries its code, message and, where
+/// the `headers` extension is in force, its headers as ``metadata``. Everything that ends a
+/// request on the requester's side is one too, with the error underneath as ``cause``:
+///
+/// | what happened | code | cause |
+/// |---|---|---|
+/// | the responder did not serve it | the responder's | `nil` |
+/// | no answer within the request's timeout | ``Code/deadlineExceeded`` | `MessagingError` (`requestTimedOut`) |
+/// | no connection, or it was lost or closing | ``Code/unavailable`` | `MessagingError` (its TLS error inside, if any) |
+/// | the calling task was cancelled | ``Code/cancelled`` | `CancellationError` |
+/// | the request cannot be sent as given (topic, headers, size), or a typed value does not encode or decode | ``Code/invalidArgument`` | `MessagingError` or the coding error |
+///
+/// A handler throws one (or any error that is ``RequestErrorConvertible``) to choose what its
+/// requester sees; any other error a handler throws is answered ``Code/failed`` with a generic
+/// message.
+public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// The outcome's code: 1 to 8 are the protocol's, 1000 and above the application's.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         /// The code on the wire.
@@ -63,17 +76,105 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The longest message, in bytes of UTF-8.
     public static let maximumMessageBytes = 1024
 
+    /// What kind of outcome this is.
     public var code: Code
-    /// What the responder says of it (at most 1,024 bytes; longer ones are cut at a character).
+    /// What the responder, or this side, says of it (at most 1,024 bytes; longer ones are cut
+    /// at a character).
     public var message: String
+    /// Headers that came with a FAILED RESPONSE (where `headers` is in force); a handler's
+    /// error sends its own this way.
+    public var metadata: MessageHeaders
+    /// The error underneath, when this side ended the request: the `MessagingError` of a
+    /// timeout or a lost connection, a `CancellationError`, a coding error. `nil` for a
+    /// responder's FAILED answer.
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String = "") {
+    /// Makes an outcome.
+    ///
+    /// - Parameters:
+    ///   - code: What kind of outcome this is.
+    ///   - message: What to say of it (cut at a character beyond 1,024 bytes).
+    ///   - metadata: Headers to send with it, from a handler.
+    ///   - cause: The error underneath, if any.
+    public init(
+        _ code: Code,
+        _ message: String = "",
+        metadata: MessageHeaders = MessageHeaders(),
+        cause: (any Error)? = nil
+    ) {
         self.code = code
         self.message = Self.truncated(message)
+        self.metadata = metadata
+        self.cause = cause
     }
 
+    /// The outcome for `error`, which ended a request on the requester's side (see the table
+    /// above); a `RequestError` stays as it is.
+    public init(endingRequest error: any Error) {
+        switch error {
+        case let error as RequestError:
+            self = error
+        case let error as any RequestErrorConvertible:
+            self.init(error)
+        case is CancellationError:
+            self.init(.cancelled, "the request's task was cancelled", cause: error)
+        case let error as MessagingError:
+            switch error.code {
+            case .requestTimedOut:
+                self.init(.deadlineExceeded, error.reason, cause: error)
+            case .payloadTooLarge, .topicTooLong, .invalidHeader, .extensionNotInForce:
+                self.init(.invalidArgument, error.reason, cause: error)
+            default:
+                self.init(.unavailable, error.reason, cause: error)
+            }
+        default:
+            self.init(.unavailable, "\(error)", cause: error)
+        }
+    }
+
+    /// The outcome a handler's `RequestErrorConvertible` error stands for.
+    public init(_ convertible: some RequestErrorConvertible) {
+        if let error = convertible as? RequestError {
+            self = error
+            return
+        }
+        self.init(
+            convertible.requestErrorCode,
+            convertible.requestErrorMessage,
+            metadata: convertible.requestErrorMetadata,
+            cause: convertible
+        )
+    }
+
+    /// The code and message, and what caused it: `DEADLINE_EXCEEDED: no response in time`.
     public var description: String {
-        self.message.isEmpty ? "RequestError(\(self.code))" : "RequestError(\(self.code)): \(self.message)"
+        var text = self.message.isEmpty ? "\(self.code)" : "\(self.code): \(self.message)"
+        if let cause = self.cause, !(cause is CancellationError), "\(cause)" != self.message {
+            text += " (\(cause))"
+        }
+        return text
+    }
+
+    public var debugDescription: String {
+        var text = "RequestError(\(self.code), message: \"\(self.message)\""
+        if !self.metadata.isEmpty {
+            text += ", metadata: \(self.metadata)"
+        }
+        if let cause = self.cause {
+            text += ", cause: \(String(reflecting: cause))"
+        }
+        return text + ")"
+    }
+
+    /// Compares code, message and metadata; the cause is not compared.
+    public static func == (lhs: RequestError, rhs: RequestError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.metadata == rhs.metadata
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.code)
+        hasher.combine(self.message)
+        hasher.combine(self.metadata)
     }
 
     static func truncated(_ message: String) -> String {
@@ -106,11 +207,47 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Reads a FAILED body the assembler has checked.
-    init(failedBody body: ByteBuffer) {
+    /// Reads a FAILED body the assembler has checked, with the headers that came with it.
+    init(failedBody body: ByteBuffer, metadata: MessageHeaders) {
         var body = body
         let code = body.readInteger(as: UInt16.self) ?? Code.failed.rawValue
         self.code = Code(received: code)
         self.message = body.readString(length: body.readableBytes) ?? ""
+        self.metadata = metadata
+        self.cause = nil
     }
+}
+
+/// An error that says what request outcome it stands for, so a handler can throw its own
+/// domain errors and its requester still sees a chosen code, message and metadata (after
+/// grpc-swift's `RPCErrorConvertible`). The router answers such an error with
+/// `RequestError(error)`.
+///
+/// ```swift
+/// struct OutOfStock: Error, RequestErrorConvertible {
+///     var item: String
+///     var requestErrorCode: RequestError.Code { .application(1001) }
+///     var requestErrorMessage: String { "\(item) is out of stock" }
+/// }
+/// ```
+public protocol RequestErrorConvertible: Error {
+    /// The code the requester sees.
+    var requestErrorCode: RequestError.Code { get }
+    /// The message the requester sees; empty by default. It crosses the wire: say nothing
+    /// internal.
+    var requestErrorMessage: String { get }
+    /// Headers sent with the outcome (where the requester has the `headers` extension); none
+    /// by default.
+    var requestErrorMetadata: MessageHeaders { get }
+}
+
+extension RequestErrorConvertible {
+    public var requestErrorMessage: String { "" }
+    public var requestErrorMetadata: MessageHeaders { MessageHeaders() }
+}
+
+extension RequestError: RequestErrorConvertible {
+    public var requestErrorCode: Code { self.code }
+    public var requestErrorMessage: String { self.message }
+    public var requestErrorMetadata: MessageHeaders { self.metadata }
 }

@@ -289,6 +289,10 @@ public final class ReconnectingClient: Service, Sendable {
     ///
     /// `timeout` covers everything from this call: waiting for a connection, then the request
     /// itself, which is sent with the time left.
+    ///
+    /// - Throws: ``RequestError`` as `Session.request` does; no connection within the timeout
+    ///   is ``RequestError/Code/deadlineExceeded``, a client that is closed, gave up or does not
+    ///   wait for a connection (``DisconnectedSendPolicy``) ``RequestError/Code/unavailable``.
     public func request(
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
@@ -304,6 +308,19 @@ public final class ReconnectingClient: Service, Sendable {
         headers: (Session) -> MessageHeaders,
         body: ByteBuffer,
         timeout: Duration? = nil
+    ) async throws -> Message {
+        do {
+            return try await self.requestOrFail(topic: topic, headers: headers, body: body, timeout: timeout)
+        } catch {
+            throw RequestError(endingRequest: error)
+        }
+    }
+
+    private func requestOrFail(
+        topic: String,
+        headers: (Session) -> MessageHeaders,
+        body: ByteBuffer,
+        timeout: Duration?
     ) async throws -> Message {
         let timeout = timeout ?? self.configuration.session.requestTimeout
         let start = ContinuousClock.now

@@ -264,15 +264,30 @@ public final class Session: Sendable {
     /// cancelled, the request is given up and the peer told with CANCEL (where it has the
     /// `cancel` extension); an answer that comes later is ignored.
     ///
-    /// - Throws: ``RequestError`` when the responder answers that it did not serve the request
-    ///   (a FAILED RESPONSE); ``MessagingError`` with ``MessagingError/Code/requestTimedOut``
-    ///   when no RESPONSE comes within `timeout`, ``MessagingError/Code/connectionClosed`` when
-    ///   the connection is lost first; `CancellationError` when the calling task is cancelled.
+    /// - Throws: ``RequestError``, whatever ended the request: the responder's code when it did
+    ///   not serve it (a FAILED RESPONSE), ``RequestError/Code/deadlineExceeded`` when no
+    ///   RESPONSE came within `timeout`, ``RequestError/Code/unavailable`` when the session is
+    ///   not open or the connection is lost first, ``RequestError/Code/cancelled`` when the
+    ///   calling task is cancelled, ``RequestError/Code/invalidArgument`` when the request
+    ///   cannot be sent as given; the ``MessagingError`` behind it is its `cause`.
     public func request(
         topic: String,
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer,
         timeout: Duration? = nil
+    ) async throws -> Message {
+        do {
+            return try await self.requestOrFail(topic: topic, headers: headers, body: body, timeout: timeout)
+        } catch {
+            throw RequestError(endingRequest: error)
+        }
+    }
+
+    private func requestOrFail(
+        topic: String,
+        headers: MessageHeaders,
+        body: ByteBuffer,
+        timeout: Duration?
     ) async throws -> Message {
         try Task.checkCancellation()
         try headers.validateForSending(extraBytes: Self.timeoutHeaderBytes)
@@ -311,10 +326,16 @@ public final class Session: Sendable {
     }
 
     /// Answers a REQUEST with the outcome that it was not served: a FAILED RESPONSE with the
-    /// error's code and message where the peer has the `status` extension, else (a plain smsg/1
-    /// peer) a RESPONSE with an empty body.
+    /// error's code and message where the peer has the `status` extension (and its
+    /// ``RequestError/metadata`` as headers where it has `headers`), else (a plain smsg/1 peer)
+    /// a RESPONSE with an empty body.
     public func respond(to request: Message, failure: RequestError) async throws {
-        try await self.respond(to: request, topic: nil, headers: MessageHeaders(), body: ByteBuffer(), failure: failure)
+        var headers = MessageHeaders()
+        if !failure.metadata.isEmpty, self.extensions.contains(.headers), self.extensions.contains(.status) {
+            try failure.metadata.validateForSending()
+            headers = failure.metadata
+        }
+        try await self.respond(to: request, topic: nil, headers: headers, body: ByteBuffer(), failure: failure)
     }
 
     private func respond(
