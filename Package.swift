@@ -59,9 +59,11 @@ let package = Package(
         .target(
             name: "MetricsEndpoint",
             dependencies: [
+                "Messaging",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -221,6 +223,8 @@ let package = Package(
                 "Cluster",
                 "EtcdElection",
                 "Messaging",
+                "MetricsEndpoint",
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 "SecureTransport",
                 "SMSGTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -19,6 +19,8 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
     public var reconnect = ReconnectPolicy()
     /// The most REQUESTs from the leader in handlers at once; beyond, RESOURCE_EXHAUSTED.
     public var maximumConcurrentRequests = 64
+    /// Which topics get a label of their own in the request metrics (``RequestMetrics``).
+    public var requestMetricsTopics: RequestMetrics.Topics = .handled
 
     public init(nodeID: String, status: String? = nil) {
         self.nodeID = nodeID
@@ -61,7 +63,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         serverHostname: String? = nil,
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger.current,
+        metrics: MessagingMetrics = MessagingMetrics(),
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json
     ) {
@@ -73,6 +76,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             configuration: configuration,
             group: group,
             logger: logger,
+            metrics: metrics,
             tracer: tracer,
             coder: coder
         )
@@ -92,7 +96,10 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     ///     the elected leader's address.
     ///   - configuration: identity, heartbeats, reconnection and limits.
     ///   - group: the event loops of the connections.
-    ///   - logger: where connection changes and failovers are logged.
+    ///   - logger: where connection changes and failovers are logged; by default the
+    ///     task-local `Logger.current`.
+    ///   - metrics: where the connection's session and the router count (frames, bytes,
+    ///     handler failures, requests by topic and outcome).
     ///   - tracer: the tracer of sends and handlers; `nil`: the global one.
     ///   - coder: the coder of typed messages.
     public convenience init(
@@ -101,7 +108,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         serverHostname: String? = nil,
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.collaborator", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger.current,
+        metrics: MessagingMetrics = MessagingMetrics(),
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json
     ) {
@@ -119,6 +127,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             configuration: configuration,
             group: group,
             logger: logger,
+            metrics: metrics,
             tracer: tracer,
             coder: coder
         )
@@ -131,6 +140,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup,
         logger: Logger,
+        metrics: MessagingMetrics,
         tracer: (any Tracer)?,
         coder: MessageCoder
     ) {
@@ -142,6 +152,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         self.router = Router(
             maximumConcurrentRequests: configuration.maximumConcurrentRequests,
             logger: logger,
+            metrics: metrics.factory,
+            requestTopics: configuration.requestMetricsTopics,
             tracer: tracer
         )
         let status = NIOLockedValueBox(configuration.status)
@@ -167,7 +179,8 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             configuration: client,
             policy: configuration.reconnect,
             group: group,
-            logger: logger
+            logger: logger,
+            metrics: metrics
         ) { session in
             // Every connection starts by telling the leader the current status.
             if let current = status.withLockedValue({ $0 }) {
@@ -285,14 +298,16 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         body: ByteBuffer,
         timeout: Duration? = nil
     ) async throws -> Message {
-        try await self.tracing.request(topic: topic, peer: nil) {
-            let tracing = self.tracing
-            return try await self.client.request(
-                topic: topic,
-                headers: { tracing.headers(headers, on: $0) },
-                body: body,
-                timeout: timeout
-            )
+        try await self.router.made(topic: topic) {
+            try await self.tracing.request(topic: topic, peer: nil) {
+                let tracing = self.tracing
+                return try await self.client.request(
+                    topic: topic,
+                    headers: { tracing.headers(headers, on: $0) },
+                    body: body,
+                    timeout: timeout
+                )
+            }
         }
     }
 

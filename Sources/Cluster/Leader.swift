@@ -10,8 +10,12 @@ public import Tracing
 
 /// Settings of a ``Leader``.
 public struct LeaderConfiguration: Sendable, Hashable {
-    /// The server under the leader. By default the leader's node_id is "leader" and, with client
-    /// certificates, a collaborator's node_id must be its certificate identity.
+    /// The server under the leader. By default the leader's node_id is "leader" and a
+    /// collaborator's node_id must be its client certificate's identity
+    /// (`requireCertificateIdentity`): the transport must then ask for client certificates
+    /// (mutual TLS), or ``Leader/run()`` refuses to start. Over plain TCP, or TLS without client
+    /// certificates, set `server.requireCertificateIdentity = false`: a node_id is then taken
+    /// as given.
     public var server: ServerConfiguration
     /// When set, only these node_ids may join; others get ERROR UNAUTHORIZED.
     public var allowList: Set<String>?
@@ -25,6 +29,8 @@ public struct LeaderConfiguration: Sendable, Hashable {
     /// With an election: how long a leader that stepped down, or whose campaign failed, waits
     /// before it campaigns again.
     public var campaignRetryDelay: Duration = .seconds(1)
+    /// Which topics get a label of their own in the request metrics (``RequestMetrics``).
+    public var requestMetricsTopics: RequestMetrics.Topics = .handled
 
     public init(host: String = "127.0.0.1", port: Int = 0) {
         self.server = ServerConfiguration(host: host, port: port)
@@ -61,6 +67,8 @@ public final class Leader: Service, MessageRouting, Sendable {
     public let election: (any LeaderElection)?
 
     private let server: SecureMessagingServer
+    private let transport: any MessagingTransport
+    private let started = NIOLockedValueBox(false)
     private let state = NIOLockedValueBox(State())
     /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
@@ -86,13 +94,14 @@ public final class Leader: Service, MessageRouting, Sendable {
         configuration: LeaderConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger,
+        logger: Logger = Logger.current,
         metrics: MessagingMetrics = MessagingMetrics(),
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json,
         election: (any LeaderElection)? = nil
     ) {
         self.configuration = configuration
+        self.transport = transport
         self.election = election
         self.activeGauge = Gauge(label: "smsg_leader_active", factory: metrics.factory)
         self.termGauge = Gauge(label: "smsg_leader_term", factory: metrics.factory)
@@ -102,6 +111,8 @@ public final class Leader: Service, MessageRouting, Sendable {
         self.router = Router(
             maximumConcurrentRequests: configuration.maximumConcurrentRequests,
             logger: logger,
+            metrics: metrics.factory,
+            requestTopics: configuration.requestMetricsTopics,
             tracer: tracer
         )
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
@@ -162,15 +173,17 @@ public final class Leader: Service, MessageRouting, Sendable {
         body: ByteBuffer,
         timeout: Duration? = nil
     ) async throws -> Message {
-        try await self.tracing.request(topic: topic, peer: nodeID) {
-            try self.requireServing()
-            let session = try self.session(of: nodeID)
-            return try await session.request(
-                topic: topic,
-                headers: self.tracing.headers(headers, on: session),
-                body: body,
-                timeout: timeout
-            )
+        try await self.router.made(topic: topic) {
+            try await self.tracing.request(topic: topic, peer: nodeID) {
+                try self.requireServing()
+                let session = try self.session(of: nodeID)
+                return try await session.request(
+                    topic: topic,
+                    headers: self.tracing.headers(headers, on: session),
+                    body: body,
+                    timeout: timeout
+                )
+            }
         }
     }
 
@@ -237,7 +250,26 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// gracefully, or ``shutdown()`` is called; keeps the records up to date meanwhile
     /// (suspect, gone, removal). Each way, it says GOODBYE to every collaborator, returns once
     /// they are all gone, and ends ``events``.
+    ///
+    /// - Throws: `MessagingError` with `MessagingError.Code.alreadyRunning` when called while
+    ///   running or after it ran (a leader runs once); with
+    ///   `MessagingError.Code.invalidConfiguration` when the configuration requires
+    ///   collaborators' certificate identities (`server.requireCertificateIdentity`, on by
+    ///   default) and the transport asks for no client certificate, which would refuse every
+    ///   collaborator.
     public func run() async throws {
+        let again = self.started.withLockedValue { started in
+            defer { started = true }
+            return started
+        }
+        if again {
+            throw MessagingError(.alreadyRunning, "a leader runs once")
+        }
+        if let problem = Self.identityProblem(self.configuration, transport: self.transport) {
+            self.eventContinuation.finish()
+            self.leadershipContinuation.finish()
+            throw MessagingError(.invalidConfiguration, problem)
+        }
         let interval = Self.sweepMilliseconds(self.configuration)
         defer {
             self.eventContinuation.finish()
@@ -273,6 +305,24 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// drain timeout) and makes ``run()`` return once they are all gone.
     public func shutdown() {
         self.server.shutdown()
+    }
+
+    /// Why `configuration` would refuse every collaborator over `transport`, if it would: the
+    /// node_id must be the client certificate's identity, and no certificate is asked for.
+    static func identityProblem(_ configuration: LeaderConfiguration, transport: any MessagingTransport) -> String? {
+        guard configuration.server.requireCertificateIdentity else { return nil }
+        let asksForCertificates: Bool
+        if let tls = transport as? TLSTransport {
+            asksForCertificates = tls.context.configuration.clientAuthentication != .none
+        } else {
+            // Plain TCP carries no certificate; another transport is taken at its word.
+            asksForCertificates = transport.isSecure
+        }
+        guard !asksForCertificates else { return nil }
+        return "the leader requires each collaborator's node_id to be its client certificate's identity "
+            + "(LeaderConfiguration.server.requireCertificateIdentity), but its transport asks for no client "
+            + "certificate: every collaborator would be refused. Use mutual TLS (clientAuthentication "
+            + ".required), or set server.requireCertificateIdentity = false to trust the node_id as given"
     }
 
     private static func sweepMilliseconds(_ configuration: LeaderConfiguration) -> Int64 {

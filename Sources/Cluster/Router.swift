@@ -45,7 +45,10 @@ public struct Response: Sendable {
 /// - DATA handlers run one at a time, in the order the messages came, per session.
 /// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session;
 ///   beyond that a REQUEST is answered RESOURCE_EXHAUSTED at once.
-/// - A REQUEST on a topic with no handler is answered NO_HANDLER.
+/// - A REQUEST on a topic with no handler is answered NO_HANDLER. DATA on a topic with no
+///   handler is dropped, counted (`smsg_unhandled_total`) and logged at notice (at most once
+///   per ten seconds). An ACK says the message was *taken* (by this router), not handled: a
+///   sender that needs to know it was handled makes a request.
 /// - A handler that throws `RequestError`, or an error that is `RequestErrorConvertible`,
 ///   answers with its code, message and metadata; one that throws anything else answers FAILED
 ///   with a generic message, and the error is logged (with the node, topic and request id) and
@@ -69,23 +72,36 @@ public final class Router: Sendable {
     private let requestFailures: Counter
     private let messageFailures: Counter
     private let tracing: MessageTracing
+    /// Requests served and made, by topic and outcome, with their latency.
+    public let requestMetrics: RequestMetrics
+    /// DATA on a topic without a handler: counted, and logged at most once per
+    /// ``unhandledNoticeInterval``.
+    private let unhandledCounter: Counter
+    private let unhandledNotices = NIOLockedValueBox<(last: ContinuousClock.Instant?, since: Int)>((nil, 0))
+    /// The least time between two notices of DATA nobody handles.
+    static let unhandledNoticeInterval = Duration.seconds(10)
 
     /// - Parameters:
     ///   - maximumConcurrentRequests: the most REQUESTs of one session in handlers at once.
-    ///   - logger: where handler failures are logged.
+    ///   - logger: where handler failures are logged; by default the task-local
+    ///     `Logger.current`.
     ///   - metrics: where handler failures are counted (`smsg_handler_failures_total`, by
-    ///     `kind`: request or message).
+    ///     `kind`: request or message), and requests (``RequestMetrics``).
+    ///   - requestTopics: which topics get a label of their own in the request metrics.
     ///   - tracer: the tracer of the handlers' spans; `nil`, that of `InstrumentationSystem`.
     public init(
         maximumConcurrentRequests: Int = 64,
-        logger: Logger,
+        logger: Logger = Logger.current,
         metrics: any MetricsFactory = MetricsSystem.factory,
+        requestTopics: RequestMetrics.Topics = .handled,
         tracer: (any Tracer)? = nil
     ) {
         precondition(maximumConcurrentRequests > 0, "maximumConcurrentRequests must be positive")
         self.maximumConcurrentRequests = maximumConcurrentRequests
         self.logger = logger
         self.tracing = MessageTracing(configured: tracer)
+        self.requestMetrics = RequestMetrics(factory: metrics, topics: requestTopics)
+        self.unhandledCounter = Counter(label: "smsg_unhandled_total", factory: metrics)
         self.requestFailures = Counter(
             label: "smsg_handler_failures_total",
             dimensions: [("kind", "request")],
@@ -145,11 +161,9 @@ public final class Router: Sendable {
                     }
                     group.addTask {
                         guard admitted else {
-                            await self.answer(
-                                message,
-                                on: session,
-                                with: .failure(RequestError(.resourceExhausted, "too many requests in progress"))
-                            )
+                            let refusal = RequestError(.resourceExhausted, "too many requests in progress")
+                            self.served(message, outcome: refusal.code, since: nil)
+                            await self.answer(message, on: session, with: .failure(refusal))
                             return
                         }
                         await self.handleRequest(message, on: session)
@@ -191,7 +205,10 @@ public final class Router: Sendable {
     }
 
     private func handleMessage(_ message: Message, on session: Session) async {
-        guard let handler = self.handlers.withLockedValue({ $0.messages[message.topic] }) else { return }
+        guard let handler = self.handlers.withLockedValue({ $0.messages[message.topic] }) else {
+            self.unhandled(message, on: session)
+            return
+        }
         await self.tracing.handle(message, nodeID: session.peer?.nodeID ?? "") { span in
             let context = self.context(of: message, on: session, deadline: nil)
             do {
@@ -215,6 +232,7 @@ public final class Router: Sendable {
 
     private func handleRequest(_ message: Message, on session: Session) async {
         guard let handler = self.handlers.withLockedValue({ $0.requests[message.topic] }) else {
+            self.served(message, outcome: .noHandler, since: nil)
             await self.answer(
                 message,
                 on: session,
@@ -233,6 +251,7 @@ public final class Router: Sendable {
         with handler: @escaping RequestHandler,
         in span: any Span
     ) async {
+        let started = ContinuousClock.now
         let deadline = message.responderDeadline
         let context = self.context(of: message, on: session, deadline: deadline)
         // The handler races the requester's giving up and the deadline. The first to end wins:
@@ -286,13 +305,86 @@ public final class Router: Sendable {
             case .abandoned:
                 context.logger.debug("request abandoned by the requester")
                 span.attributes["smsg.status_code"] = Int(RequestError.Code.cancelled.rawValue)
+                self.served(message, outcome: .cancelled, since: started)
                 return
+            }
+            if case .failure(let failure) = result {
+                self.served(message, outcome: failure.code, since: started)
+            } else {
+                self.served(message, outcome: nil, since: started)
             }
             if case .failure(let failure) = result {
                 span.attributes["smsg.status_code"] = Int(failure.code.rawValue)
                 span.setStatus(SpanStatus(code: .error, message: failure.code.description))
             }
             await self.answer(message, on: session, with: result)
+        }
+    }
+
+    // MARK: - Metrics
+
+    /// DATA on a topic nobody handles: dropped (its ACK, if asked for, went when the router
+    /// took it), counted in `smsg_unhandled_total`, and told at notice, at most once per
+    /// ``unhandledNoticeInterval`` with how many more were dropped meanwhile.
+    private func unhandled(_ message: Message, on session: Session) {
+        self.unhandledCounter.increment()
+        let now = ContinuousClock.now
+        let dropped: Int? = self.unhandledNotices.withLockedValue { notices in
+            if let last = notices.last, now - last < Self.unhandledNoticeInterval {
+                notices.since += 1
+                return nil
+            }
+            defer { notices = (now, 0) }
+            return notices.since
+        }
+        guard let dropped else { return }
+        var metadata: Logger.Metadata = [
+            "topic": "\(message.topic)", "node_id": "\(session.peer?.nodeID ?? "")",
+        ]
+        if dropped > 0 {
+            metadata["dropped_since_last_notice"] = "\(dropped)"
+        }
+        self.logger.notice("dropped a message: no handler for its topic", metadata: metadata)
+    }
+
+    /// Whether a handler serves `topic` (a REQUEST or DATA handler).
+    private func handles(_ topic: String) -> Bool {
+        self.handlers.withLockedValue { $0.requests[topic] != nil || $0.messages[topic] != nil }
+    }
+
+    /// Counts a REQUEST served with `outcome` (`nil`: answered), timed from `since`.
+    private func served(_ request: Message, outcome: RequestError.Code?, since: ContinuousClock.Instant?) {
+        let topic = self.requestMetrics.label(of: request.topic, isHandled: self.handles)
+        self.requestMetrics.record(
+            side: "served",
+            topic: topic,
+            code: outcome,
+            duration: since.map { ContinuousClock.now - $0 }
+        )
+    }
+
+    /// Runs a request this node makes on `topic`, counting and timing its outcome; whatever
+    /// ends it without an answer is thrown as the `RequestError` it stands for.
+    func made(topic: String, _ request: () async throws -> Message) async throws -> Message {
+        let started = ContinuousClock.now
+        let label: String
+        switch self.requestMetrics.topics {
+        case .handled: label = topic
+        case .only(let topics): label = topics.contains(topic) ? topic : "other"
+        }
+        do {
+            let answer = try await request()
+            self.requestMetrics.record(side: "made", topic: label, code: nil, duration: ContinuousClock.now - started)
+            return answer
+        } catch {
+            let outcome = RequestError(endingRequest: error)
+            self.requestMetrics.record(
+                side: "made",
+                topic: label,
+                code: outcome.code,
+                duration: ContinuousClock.now - started
+            )
+            throw outcome
         }
     }
 

@@ -66,7 +66,7 @@ public final class EtcdLeaderElection: LeaderElection {
     public init(
         configuration: EtcdElectionConfiguration,
         group: (any EventLoopGroup)? = nil,
-        logger: Logger = Logger(label: "smsg.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger.current
     ) throws {
         guard !configuration.endpoints.isEmpty else {
             throw EtcdError(.invalidConfiguration, "no etcd endpoint given")

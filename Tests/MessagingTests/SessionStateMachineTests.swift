@@ -277,6 +277,18 @@ struct SessionStateMachineTests {
         expectFail(configured.receive(helloFrame(Hello(nodeID: "Collab-1", role: "client"))), .unauthorized)
     }
 
+    @Test("server: no certificate where an identity is required says so, not 'does not match'")
+    func noCertificateToCheck() {
+        var machine = readyServer()
+        machine.requireIdentity("")
+        let action = machine.receive(helloFrame(Hello(nodeID: "collab-1", role: "client")))
+        guard case .fail(let violation) = action else {
+            Issue.record("expected UNAUTHORIZED, got \(action)")
+            return
+        }
+        #expect(violation == ProtocolViolation(.unauthorized, "no client certificate to check the node_id against"))
+    }
+
     @Test("server: the HELLO itself is checked before the identity")
     func helloCheckedBeforeIdentity() {
         var badJSON = readyServer(requiredIdentity: "collab-1")

@@ -37,7 +37,9 @@ public final class SecureClient: Sendable {
     ///   - serverHostname: the name the server's certificate must carry; defaults to `host`.
     ///   - configuration: this side's HELLO and session settings.
     ///   - group: the event loops to run on.
-    ///   - logger: where the session logs.
+    ///   - logger: where the session logs; by default the task-local `Logger.current`.
+    ///   - metrics: where the session counts frames, bytes, backpressure and handshake
+    ///     failures (the `smsg_` metrics of ``MessagingMetrics``); `nil`: nowhere.
     ///   - receiver: makes a ``MessageReceiver`` that takes the session's messages on its
     ///     event loop instead of ``messages``.
     /// - Throws: ``MessagingError`` with ``MessagingError/Code/connectFailed`` and the reason
@@ -50,7 +52,8 @@ public final class SecureClient: Sendable {
         serverHostname: String? = nil,
         configuration: ClientConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger.current,
+        metrics: MessagingMetrics? = nil,
         receiver: SecureMessagingServer.ReceiverFactory? = nil
     ) async throws -> SecureClient {
         guard Hello.isValidNodeID(configuration.nodeID) else {
@@ -76,13 +79,19 @@ public final class SecureClient: Sendable {
         let initializer: @Sendable (any Channel) -> EventLoopFuture<Session> = { channel in
             channel.eventLoop.makeCompletedFuture {
                 try transport.configure(channel, serverHostname: serverHostname ?? host)
-                let session = Session(channel: channel, sessionID: nil, configuration: configuration.session)
+                let session = Session(
+                    channel: channel,
+                    sessionID: nil,
+                    configuration: configuration.session,
+                    metrics: metrics
+                )
                 let handler = SessionHandler(
                     role: .client,
                     hello: hello,
                     configuration: configuration.session,
                     session: session,
                     waitsForReadyEvent: transport.isSecure,
+                    metrics: metrics,
                     receiver: receiver?(session),
                     logger: logger
                 )

@@ -47,6 +47,8 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         /// `run()` was called on a service that is already running, or has run and ended: each
         /// runs once.
         public static let alreadyRunning = Code("already running")
+        /// Settings that cannot work together (the reason names the one to change).
+        public static let invalidConfiguration = Code("invalid configuration")
 
         public var description: String { self.name }
     }

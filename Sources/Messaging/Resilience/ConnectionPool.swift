@@ -101,7 +101,7 @@ public final class ConnectionPool: Service, Sendable {
         configuration: ConnectionPoolConfiguration = ConnectionPoolConfiguration(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         metricsFactory: any MetricsFactory = MetricsSystem.factory,
-        logger: Logger = Logger(label: "smsg.pool", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger.current
     ) {
         precondition(configuration.maximumConnections >= 1, "a pool needs room for one connection")
         precondition(configuration.minimumConnections <= configuration.maximumConnections)

@@ -66,6 +66,7 @@ public final class ReconnectingClient: Service, Sendable {
     private let disconnectedSends: DisconnectedSendPolicy
     private let group: any EventLoopGroup
     private let logger: Logger
+    private let metrics: MessagingMetrics?
     private let sleep: @Sendable (Duration) async throws -> Void
     private let onConnected: (@Sendable (Session) -> Void)?
     private let state = NIOLockedValueBox(State())
@@ -127,7 +128,10 @@ public final class ReconnectingClient: Service, Sendable {
     ///   - disconnectedSends: what a send does while no connection is open.
     ///   - clock: the clock backoff delays are slept on (a test clock needs no real waiting).
     ///   - group: the event loops to run on.
-    ///   - logger: where connection changes are logged.
+    ///   - logger: where connection changes are logged; by default the task-local
+    ///     `Logger.current`.
+    ///   - metrics: where each connection's session counts frames, bytes, backpressure and
+    ///     handshake failures; `nil`: nowhere.
     ///   - onConnected: called with each new session as soon as it is open, before anything is
     ///     sent on it.
     public convenience init(
@@ -140,7 +144,8 @@ public final class ReconnectingClient: Service, Sendable {
         disconnectedSends: DisconnectedSendPolicy = .wait(capacity: 1024),
         clock: some Clock<Duration> = ContinuousClock(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger.current,
+        metrics: MessagingMetrics? = nil,
         onConnected: (@Sendable (Session) -> Void)? = nil
     ) {
         let target = Target(host: host, port: port, serverHostname: serverHostname)
@@ -154,6 +159,7 @@ public final class ReconnectingClient: Service, Sendable {
             clock: clock,
             group: group,
             logger: logger,
+            metrics: metrics,
             onConnected: onConnected
         )
     }
@@ -170,10 +176,12 @@ public final class ReconnectingClient: Service, Sendable {
         disconnectedSends: DisconnectedSendPolicy = .wait(capacity: 1024),
         clock: some Clock<Duration> = ContinuousClock(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "smsg.client", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger.current,
+        metrics: MessagingMetrics? = nil,
         onConnected: (@Sendable (Session) -> Void)? = nil
     ) {
         self.onConnected = onConnected
+        self.metrics = metrics
         self.target = target
         self.admit = admit
         self.transport = transport
@@ -515,7 +523,8 @@ public final class ReconnectingClient: Service, Sendable {
                     serverHostname: target.serverHostname,
                     configuration: self.configuration,
                     group: self.group,
-                    logger: self.logger
+                    logger: self.logger,
+                    metrics: self.metrics
                 )
                 if let refusal = self.admit?(client.session) {
                     client.session.fail(code: .goingAway, reason: refusal)

@@ -60,7 +60,7 @@ public final class SecureMessagingServer: Service, Sendable {
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger,
+        logger: Logger = Logger.current,
         metrics: MessagingMetrics = MessagingMetrics(),
         handler: @escaping Handler
     ) {
@@ -90,7 +90,7 @@ public final class SecureMessagingServer: Service, Sendable {
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger,
+        logger: Logger = Logger.current,
         metrics: MessagingMetrics = MessagingMetrics(),
         receiver: @escaping ReceiverFactory
     ) {
@@ -109,7 +109,7 @@ public final class SecureMessagingServer: Service, Sendable {
         configuration: ServerConfiguration,
         transport: any MessagingTransport,
         group: any EventLoopGroup,
-        logger: Logger,
+        logger: Logger = Logger.current,
         metrics: MessagingMetrics,
         handler: @escaping Handler,
         receiverFactory: ReceiverFactory?

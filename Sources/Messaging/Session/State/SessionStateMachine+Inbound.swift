@@ -98,7 +98,11 @@ extension SessionStateMachine {
             return .fail(self.failed(error))
         }
         if let required = self.configuration.requiredIdentity, hello.nodeID != required {
-            return .fail(self.failed(ProtocolViolation(.unauthorized, "node_id does not match the client certificate")))
+            let reason =
+                required.isEmpty
+                ? "no client certificate to check the node_id against"
+                : "node_id does not match the client certificate"
+            return .fail(self.failed(ProtocolViolation(.unauthorized, reason)))
         }
         self.peerHello = hello
         self.extensions = self.configuration.hello.supportedExtensions.intersection(hello.supportedExtensions)
