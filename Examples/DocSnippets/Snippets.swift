@@ -72,11 +72,11 @@ func etcdElection(logger: Logger, leaderConfiguration: LeaderConfiguration, tls:
 // doc: Sources/Messaging/Docs.docc/GettingStarted.md #1
 func gettingStarted() async throws {
     let serverTLS = try TLSTransport(configuration: .makeServerConfiguration(
-        certificateChain: .file("certs/server.pem"),
-        privateKey: .file("certs/server.key")
+        certificateChain: .file("certs/leader.pem"),
+        privateKey: .file("certs/leader.key")
     ))
     let server = SecureMessagingServer(
-        configuration: ServerConfiguration(port: 7443),
+        configuration: ServerConfiguration(host: "127.0.0.1", port: 0),  // any free port
         transport: serverTLS,
         logger: Logger(label: "server")
     ) { session in
@@ -86,10 +86,12 @@ func gettingStarted() async throws {
     }
     // run it, in a ServiceGroup or a task:
     async let serving: Void = server.run()
+    // Connect once it listens: listeningAddress() waits for that and says which port it took.
+    let port = try await server.listeningAddress().port!
 
     let client = try await SecureClient.connect(
         host: "127.0.0.1",
-        port: 7443,
+        port: port,
         transport: try TLSTransport(configuration: .makeClientConfiguration(trustRoots: .file("certs/ca.pem"))),
         serverHostname: "localhost",
         configuration: ClientConfiguration(nodeID: "client-1")

@@ -88,10 +88,7 @@ struct EchoTests {
                 let reply = try await client.request(topic: topic, body: ByteBuffer(string: "b"))
                 #expect(reply.topic == topic)
             }
-            var big = ByteBuffer()
-            for index in 0..<(1 << 20) {
-                big.writeInteger(UInt8(truncatingIfNeeded: index &* 13))
-            }
+            let big = patternBuffer(1 << 20, step: 13)
             let reply = try await client.request(topic: "big", body: big)
             #expect(reply.body == big)
 

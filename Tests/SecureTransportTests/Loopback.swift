@@ -213,15 +213,6 @@ struct LoopbackClient: Sendable {
 /// One event loop group for all tests in the process.
 let testGroup = MultiThreadedEventLoopGroup.singleton
 
-/// Bytes 0, 1, 2, … of the given length, so misordering or loss shows.
-func patternBuffer(_ size: Int, seed: UInt8 = 0) -> ByteBuffer {
-    var buffer = ByteBufferAllocator().buffer(capacity: size)
-    for index in 0..<size {
-        buffer.writeInteger(UInt8(truncatingIfNeeded: index &* 7 &+ Int(seed)))
-    }
-    return buffer
-}
-
 /// Sits under the TLS handler; once closed it swallows outgoing bytes (reporting success),
 /// so a test can close a TLS connection without its close_notify reaching the peer.
 final class WriteGate: ChannelOutboundHandler, Sendable {

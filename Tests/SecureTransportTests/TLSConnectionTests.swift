@@ -1,4 +1,5 @@
 import NIOCore
+import SMSGTestSupport
 import Testing
 
 @testable import SecureTransport
@@ -32,7 +33,7 @@ struct TLSConnectionTests {
         #expect(pair.server.handshakeInfo.peerCertificate == nil)
 
         for size in [1, 16_384, 1 << 20] {
-            let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+            let payload = patternBuffer(size, step: 31)
             #expect(pair.client.writePlaintext(payload) == nil)
             pair.shuttle()
             let (atServer, serverResult) = InMemoryPair.readAll(pair.server)

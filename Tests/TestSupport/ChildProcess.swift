@@ -18,6 +18,7 @@ public final class ChildProcess: Sendable {
         environment: [String: String] = [:],
         directory: String? = nil
     ) throws {
+        StallWatchdog.start()
         let process = Process()
         if let directory {
             process.currentDirectoryURL = URL(fileURLWithPath: directory)

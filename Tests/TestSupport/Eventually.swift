@@ -8,6 +8,7 @@ public func eventually(
     sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: () async -> Bool
 ) async -> Bool {
+    StallWatchdog.start()
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if await condition() { return true }
@@ -28,6 +29,7 @@ public func settled(
     sourceLocation: SourceLocation = #_sourceLocation,
     _ value: () -> Int
 ) async -> Int {
+    StallWatchdog.start()
     let deadline = ContinuousClock.now + timeout
     var last = value()
     var since = ContinuousClock.now
