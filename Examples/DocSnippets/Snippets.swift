@@ -7,6 +7,7 @@ import EtcdElection
 import Logging
 import Messaging
 import NIOCore
+import NIOPosix
 import SecureTransport
 
 /// What the handler fragment looks up.
@@ -146,4 +147,52 @@ func handler(channel: any Channel) throws {
     ))
     // in a channel initializer:
     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: context))
+}
+
+// doc: README.md #4
+func secureTransportDirectly() async throws {
+    /// Yours: whatever reads and writes the plaintext. This one echoes it back.
+    final class EchoHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            context.write(data, promise: nil)     // TLSHandler encrypts it on the way out
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            context.flush()
+        }
+    }
+
+    // One context per configuration, shared by every connection.
+    let serverContext = try TLSContext(
+        configuration: .makeMutualTLSServerConfiguration(
+            certificateChain: .file("certs/leader.pem"),
+            privateKey: .file("certs/leader.key"),
+            trustRoots: .file("certs/ca.pem")      // client certificates must chain to this CA
+        )
+    )
+    let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandlers(
+                    TLSHandler(context: serverContext),   // handshake timeout 10 s by default
+                    EchoHandler()                         // sees plaintext ByteBuffers
+                )
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0)
+        .get()
+
+    // A client verifies the server's chain and name; this one also presents a certificate.
+    let clientContext = try TLSContext(
+        configuration: .makeClientConfiguration(
+            certificateChain: .file("certs/collab-1.pem"),
+            privateKey: .file("certs/collab-1.key"),
+            trustRoots: .file("certs/ca.pem")
+        )
+    )
+    // ... ClientBootstrap with TLSHandler(context: clientContext, serverHostname: "localhost")
+    _ = (server, clientContext)
 }

@@ -4,7 +4,8 @@ import NIOCore
 import SecureTransport
 
 /// A server that answers each request with its body reversed, and a client that asks it once,
-/// both over TLS with the test certificates in certs/ (run scripts/gen-certs.sh first).
+/// both over TLS with the certificates in certs/: make them with `securemsg certs ca --dir certs`
+/// and `securemsg certs issue leader --server --dir certs` (scripts/gen-certs.sh makes them too).
 @main
 struct Example {
     static func main() async throws {
@@ -12,8 +13,8 @@ struct Example {
 
         let serverTLS = try TLSTransport(
             configuration: .makeServerConfiguration(
-                certificateChain: .file("certs/server.pem"),
-                privateKey: .file("certs/server.key")
+                certificateChain: .file("certs/leader.pem"),
+                privateKey: .file("certs/leader.key")
             )
         )
         let server = SecureMessagingServer(

@@ -3,8 +3,10 @@ import Foundation
 
 @main
 struct SecureMsg: AsyncParsableCommand {
+    /// The package's version: the newest entry of CHANGELOG.md, and the git tag of its release.
+    static let versionNumber = "0.2.0"
     /// What `--version` prints.
-    static let version = "securemsg 0.1.0 (smsg/1)"
+    static let version = "securemsg \(versionNumber) (smsg/1)"
 
     static let configuration = CommandConfiguration(
         commandName: "securemsg",

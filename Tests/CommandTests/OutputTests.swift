@@ -62,3 +62,17 @@ struct SettingsRedactionTests {
         }
     }
 }
+
+@Suite("The version")
+struct VersionTests {
+    @Test("securemsg --version prints the newest version of CHANGELOG.md")
+    func agreesWithChangelog() throws {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let changelog = try String(contentsOf: root.appendingPathComponent("CHANGELOG.md"), encoding: .utf8)
+        let newest = try #require(changelog.split(separator: "\n").first { $0.hasPrefix("## ") })
+        let number = newest.dropFirst(3).prefix { $0 != " " }
+        #expect(String(number) == SecureMsg.versionNumber, "\(newest)")
+        #expect(SecureMsg.version == "securemsg \(number) (smsg/1)")
+    }
+}

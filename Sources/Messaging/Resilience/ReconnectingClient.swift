@@ -33,7 +33,8 @@ public enum DisconnectedSendPolicy: Sendable, Hashable {
 /// application took it) and sent again after every reconnect until then — **at least once**:
 /// a message whose ACK was lost with the connection arrives twice, and resent messages may
 /// overtake newer ones. Messages without ACK are at most once. Requests in flight when the
-/// connection is lost fail with ``MessagingError/Code/connectionClosed``; they are not repeated.
+/// connection is lost fail with ``RequestError/Code/unavailable`` (the
+/// ``MessagingError/Code/connectionClosed`` error as its cause); they are not repeated.
 ///
 /// Messages from the server arrive on ``messages`` across reconnects, and connection changes on
 /// ``events``.

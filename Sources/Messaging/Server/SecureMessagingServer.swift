@@ -168,7 +168,7 @@ public final class SecureMessagingServer: Service, Sendable {
         }
         self.serverChannel.withLockedValue { $0 = channel.channel }
         if let address = channel.channel.localAddress {
-            self.logger.info("listening", metadata: ["address": "\(address)"])
+            self.logger.info("listening", metadata: ["address": "\(address.addressText)"])
             self.listening.succeed(address)
         }
         if self.shuttingDown.withLockedValue({ $0 }) {
