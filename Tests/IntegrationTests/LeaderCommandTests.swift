@@ -20,6 +20,44 @@ struct LeaderCommandTests {
         return (leader, port)
     }
 
+    /// Whether this machine has the IPv6 loopback address.
+    static let hasIPv6Loopback: Bool = {
+        let interfaces = (try? String(contentsOfFile: "/proc/net/if_inet6", encoding: .utf8)) ?? ""
+        return interfaces.split(separator: "\n").contains { $0.hasPrefix("00000000000000000000000000000001") }
+    }()
+
+    @Test(
+        "an IPv6 listening address is printed in brackets, and a collaborator reaches it",
+        .enabled(if: LeaderCommandTests.hasIPv6Loopback, "this machine has no IPv6 loopback")
+    )
+    func ipv6Listening() async throws {
+        let certs = BenchServerTests.certificates
+        let leader = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "leader", "--listen", "[::1]:0", "--cert", "\(certs)/leader.pem", "--key", "\(certs)/leader.key",
+                "--ca", "\(certs)/ca.pem", "--require-client-cert",
+            ]
+        )
+        defer { leader.terminate() }
+        await leader.waitForOutput(containing: "listening on [::1]:")
+        let line = try #require(leader.output.split(separator: "\n").first { $0.hasPrefix("listening on") })
+        let port = try #require(Int(line.dropFirst("listening on [::1]:".count)))
+        let collaborator = try ChildProcess(
+            BenchServerTests.executable,
+            [
+                "collaborator", "--leader", "[::1]:\(port)", "--server-name", "localhost", "--id", "collab-1",
+                "--cert", "\(certs)/collab-1.pem", "--key", "\(certs)/collab-1.key", "--ca", "\(certs)/ca.pem",
+            ]
+        )
+        defer { collaborator.terminate() }
+        await leader.waitForOutput(containing: "joined collab-1")
+        collaborator.signal(SIGTERM)
+        #expect(await collaborator.waitForExit() == 0)
+        leader.signal(SIGTERM)
+        #expect(await leader.waitForExit() == 0)
+    }
+
     @Test("a collaborator joins, leaves on SIGTERM, and the leader stops on SIGTERM")
     func leaderAndCollaborator() async throws {
         let certs = BenchServerTests.certificates
