@@ -1,3 +1,4 @@
+import CoreMetrics
 public import Logging
 public import Messaging
 import NIOConcurrencyHelpers
@@ -64,7 +65,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger.current,
-        metrics: MessagingMetrics = MessagingMetrics(),
+        metrics: MessagingMetrics? = nil,
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json
     ) {
@@ -98,8 +99,10 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     ///   - group: the event loops of the connections.
     ///   - logger: where connection changes and failovers are logged; by default the
     ///     task-local `Logger.current`.
-    ///   - metrics: where the connection's session and the router count (frames, bytes,
-    ///     handler failures, requests by topic and outcome).
+    ///   - metrics: where the connection's session counts frames, bytes and backpressure, and
+    ///     the router requests and handler failures; `nil` (the default): the session counts
+    ///     nothing (its families are the server's), the router counts in the bootstrapped
+    ///     `MetricsSystem`.
     ///   - tracer: the tracer of sends and handlers; `nil`: the global one.
     ///   - coder: the coder of typed messages.
     public convenience init(
@@ -109,7 +112,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger.current,
-        metrics: MessagingMetrics = MessagingMetrics(),
+        metrics: MessagingMetrics? = nil,
         tracer: (any Tracer)? = nil,
         coder: MessageCoder = .json
     ) {
@@ -140,7 +143,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         configuration: CollaboratorConfiguration,
         group: any EventLoopGroup,
         logger: Logger,
-        metrics: MessagingMetrics,
+        metrics: MessagingMetrics?,
         tracer: (any Tracer)?,
         coder: MessageCoder
     ) {
@@ -152,7 +155,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         self.router = Router(
             maximumConcurrentRequests: configuration.maximumConcurrentRequests,
             logger: logger,
-            metrics: metrics.factory,
+            metrics: metrics?.factory ?? MetricsSystem.factory,
             requestTopics: configuration.requestMetricsTopics,
             tracer: tracer
         )
@@ -250,9 +253,11 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         as type: Response.Type = Response.self,
         timeout: Duration? = nil
     ) async throws -> Response {
-        let body = try self.coder.requestBody(value)
-        let answer = try await self.request(topic: topic, headers: headers, body: body, timeout: timeout)
-        return try self.coder.answer(type, of: answer)
+        try await self.router.made(topic: topic) {
+            let body = try self.coder.requestBody(value)
+            let answer = try await self.tracedRequest(topic: topic, headers: headers, body: body, timeout: timeout)
+            return try self.coder.answer(type, of: answer)
+        }
     }
 
     /// Sends DATA carrying `value` (encoded by ``coder``) to the leader.
@@ -299,15 +304,25 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         timeout: Duration? = nil
     ) async throws -> Message {
         try await self.router.made(topic: topic) {
-            try await self.tracing.request(topic: topic, peer: nil) {
-                let tracing = self.tracing
-                return try await self.client.request(
-                    topic: topic,
-                    headers: { tracing.headers(headers, on: $0) },
-                    body: body,
-                    timeout: timeout
-                )
-            }
+            try await self.tracedRequest(topic: topic, headers: headers, body: body, timeout: timeout)
+        }
+    }
+
+    /// A request in a client span, its trace context in its headers.
+    private func tracedRequest(
+        topic: String,
+        headers: MessageHeaders,
+        body: ByteBuffer,
+        timeout: Duration?
+    ) async throws -> Message {
+        try await self.tracing.request(topic: topic, peer: nil) {
+            let tracing = self.tracing
+            return try await self.client.request(
+                topic: topic,
+                headers: { tracing.headers(headers, on: $0) },
+                body: body,
+                timeout: timeout
+            )
         }
     }
 
@@ -345,7 +360,9 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// election.
     public var highestTermSeen: UInt64? { self.follower?.highestTerm }
 
-    /// Follows the election until cancelled: each new leader is the one to join, at once.
+    /// Follows the election until cancelled, or until the election ends its sequence (it was
+    /// shut down): each new leader is the one to join, at once. A sequence that fails is asked
+    /// for again after a second.
     private func follow(_ follower: LeaderFollower) async {
         while !Task.isCancelled {
             do {
@@ -357,6 +374,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
                         (LeaderFollower.term(of: session) ?? 0) >= leader.term
                     }
                 }
+                return
             } catch is CancellationError {
                 return
             } catch {

@@ -119,8 +119,9 @@ public final class Leader: Service, MessageRouting, Sendable {
         (self.leadershipEvents, self.leadershipContinuation) = AsyncStream.makeStream(
             bufferingPolicy: .bufferingNewest(1_000)
         )
-        // The handler refers to the leader, which is not built yet: route through a box.
-        let box = NIOLockedValueBox<Leader?>(nil)
+        // The handler refers to the leader, which is not built yet: route through a box. The
+        // box holds it weakly: the leader holds the server, which holds this handler.
+        let box = WeakBox<Leader>()
         self.server = SecureMessagingServer(
             configuration: configuration.server,
             transport: transport,
@@ -128,10 +129,10 @@ public final class Leader: Service, MessageRouting, Sendable {
             logger: logger,
             metrics: metrics
         ) { session in
-            guard let leader = box.withLockedValue({ $0 }) else { return }
+            guard let leader = box.value else { return }
             try await leader.serve(session)
         }
-        box.withLockedValue { $0 = self }
+        box.value = self
     }
 
     // MARK: - Membership
@@ -174,16 +175,27 @@ public final class Leader: Service, MessageRouting, Sendable {
         timeout: Duration? = nil
     ) async throws -> Message {
         try await self.router.made(topic: topic) {
-            try await self.tracing.request(topic: topic, peer: nodeID) {
-                try self.requireServing()
-                let session = try self.session(of: nodeID)
-                return try await session.request(
-                    topic: topic,
-                    headers: self.tracing.headers(headers, on: session),
-                    body: body,
-                    timeout: timeout
-                )
-            }
+            try await self.tracedRequest(to: nodeID, topic: topic, headers: headers, body: body, timeout: timeout)
+        }
+    }
+
+    /// A request in a client span, its trace context in its headers.
+    private func tracedRequest(
+        to nodeID: String,
+        topic: String,
+        headers: MessageHeaders,
+        body: ByteBuffer,
+        timeout: Duration?
+    ) async throws -> Message {
+        try await self.tracing.request(topic: topic, peer: nodeID) {
+            try self.requireServing()
+            let session = try self.session(of: nodeID)
+            return try await session.request(
+                topic: topic,
+                headers: self.tracing.headers(headers, on: session),
+                body: body,
+                timeout: timeout
+            )
         }
     }
 
@@ -201,9 +213,17 @@ public final class Leader: Service, MessageRouting, Sendable {
         as type: Response.Type = Response.self,
         timeout: Duration? = nil
     ) async throws -> Response {
-        let body = try self.coder.requestBody(value)
-        let answer = try await self.request(to: nodeID, topic: topic, headers: headers, body: body, timeout: timeout)
-        return try self.coder.answer(type, of: answer)
+        try await self.router.made(topic: topic) {
+            let body = try self.coder.requestBody(value)
+            let answer = try await self.tracedRequest(
+                to: nodeID,
+                topic: topic,
+                headers: headers,
+                body: body,
+                timeout: timeout
+            )
+            return try self.coder.answer(type, of: answer)
+        }
     }
 
     /// Sends DATA carrying `value` (encoded by ``coder``) to one collaborator.
@@ -266,9 +286,12 @@ public final class Leader: Service, MessageRouting, Sendable {
             throw MessagingError(.alreadyRunning, "a leader runs once")
         }
         if let problem = Self.identityProblem(self.configuration, transport: self.transport) {
+            let error = MessagingError(.invalidConfiguration, problem)
+            // Whoever waits for the address hears why there will be none.
+            self.server.refuseToListen(error)
             self.eventContinuation.finish()
             self.leadershipContinuation.finish()
-            throw MessagingError(.invalidConfiguration, problem)
+            throw error
         }
         let interval = Self.sweepMilliseconds(self.configuration)
         defer {
@@ -642,5 +665,19 @@ extension Leader {
         }
         self.logger.warning("stepped down", metadata: ["term": "\(leadership.term)", "reason": "\(reason)"])
         self.leadershipContinuation.yield(.steppedDown(term: leadership.term, reason: reason))
+    }
+}
+
+/// A weak reference behind a lock.
+final class WeakBox<Object: AnyObject & Sendable>: Sendable {
+    private let box = NIOLockedValueBox<Weak>(Weak())
+
+    private struct Weak {
+        weak var object: Object?
+    }
+
+    var value: Object? {
+        get { self.box.withLockedValue { $0.object } }
+        set { self.box.withLockedValue { $0.object = newValue } }
     }
 }

@@ -95,6 +95,8 @@ public protocol LeaderElection: Sendable {
     func resign(_ leadership: Leadership) async
 
     /// The elected leaders, as they change: the current one first (once there is one), then
-    /// each new one. Ends with an error only when the election cannot be followed at all.
+    /// each new one. Ends with an error only when the election cannot be followed now (a
+    /// follower asks again later); ends without one when there is nothing more to follow (the
+    /// election was shut down), and a follower stops.
     func leaders() -> AsyncThrowingStream<ElectedLeader, any Error>
 }

@@ -11,15 +11,16 @@ import NIOConcurrencyHelpers
 /// - `smsg_request_duration_seconds{side, topic}`: from the REQUEST's arrival to its answer
 ///   (served), or from the call to its outcome (made).
 ///
-/// The `topic` label is bounded: a topic served outside ``RequestMetrics/Topics`` is counted
-/// as `other`, so peers that make up topics cannot grow the number of series. Topics of
-/// requests made are this node's own (its code names them): with ``Topics/handled`` they are
-/// labelled as they are; with ``Topics/only(_:)`` the set applies to them too.
+/// The `topic` label is bounded, so that neither peers nor topics built from data can grow the
+/// number of series: with ``Topics/handled`` (the default) a topic served is labelled only when
+/// it has a handler, and the topics of requests made only for the first
+/// ``madeTopicLimit`` seen; with ``Topics/only(_:)``, only the topics listed. Any other topic is
+/// `other`.
 public struct RequestMetrics: Sendable {
     /// Which topics get a label of their own.
     public enum Topics: Sendable, Hashable {
-        /// The topics that have a handler on this node (the application's code bounds them);
-        /// any other topic is `other`.
+        /// Served: the topics that have a handler on this node (the application's code bounds
+        /// them). Made: the first ``RequestMetrics/madeTopicLimit`` topics. Any other is `other`.
         case handled
         /// These topics; any other is `other`.
         case only(Set<String>)
@@ -30,12 +31,27 @@ public struct RequestMetrics: Sendable {
     /// Which topics get a label of their own.
     public let topics: Topics
 
-    private let cache = NIOLockedValueBox([Key: (counter: Counter, timer: Timer?)]())
+    /// How many topics of requests made get a label of their own with ``Topics/handled``.
+    public static let madeTopicLimit = 64
+
+    private struct Made: Sendable {
+        var counters: [Key: Counter] = [:]
+        var timers: [TimerKey: Timer] = [:]
+        /// The topics of requests made that have a label of their own.
+        var madeTopics: Set<String> = []
+    }
+
+    private let cache = NIOLockedValueBox(Made())
 
     private struct Key: Hashable {
         var side: String
         var topic: String
         var code: String
+    }
+
+    private struct TimerKey: Hashable {
+        var side: String
+        var topic: String
     }
 
     /// - Parameters:
@@ -46,12 +62,28 @@ public struct RequestMetrics: Sendable {
         self.topics = topics
     }
 
-    /// The label of `topic`: itself when it is one of ``topics`` (or, for ``Topics/handled``,
-    /// when `isHandled` says it has a handler), else `other`.
+    /// The label of a topic served: itself when it is one of ``topics`` (or, for
+    /// ``Topics/handled``, when `isHandled` says it has a handler), else `other`.
     func label(of topic: String, isHandled: (String) -> Bool) -> String {
         switch self.topics {
         case .handled: isHandled(topic) ? topic : "other"
         case .only(let topics): topics.contains(topic) ? topic : "other"
+        }
+    }
+
+    /// The label of the topic of a request made: itself when it is one of ``topics`` (or, for
+    /// ``Topics/handled``, one of the first ``madeTopicLimit`` seen), else `other`.
+    func madeLabel(of topic: String) -> String {
+        switch self.topics {
+        case .only(let topics):
+            return topics.contains(topic) ? topic : "other"
+        case .handled:
+            return self.cache.withLockedValue { cache in
+                if cache.madeTopics.contains(topic) { return topic }
+                guard cache.madeTopics.count < Self.madeTopicLimit else { return "other" }
+                cache.madeTopics.insert(topic)
+                return topic
+            }
         }
     }
 
@@ -65,25 +97,30 @@ public struct RequestMetrics: Sendable {
     /// Counts one request and records how long it took (when it was timed).
     func record(side: String, topic: String, code: RequestError.Code?, duration: Duration?) {
         let key = Key(side: side, topic: topic, code: Self.codeLabel(code))
-        let metrics = self.cache.withLockedValue { cache in
-            if let made = cache[key] { return made }
-            let counter = Counter(
-                label: "smsg_requests_total",
-                dimensions: [("side", key.side), ("topic", key.topic), ("code", key.code)],
-                factory: self.factory
-            )
-            let timer = Timer(
-                label: "smsg_request_duration_seconds",
-                dimensions: [("side", key.side), ("topic", key.topic)],
-                preferredDisplayUnit: .seconds,
-                factory: self.factory
-            )
-            cache[key] = (counter, timer)
+        let timerKey = TimerKey(side: side, topic: topic)
+        let (counter, timer) = self.cache.withLockedValue { cache in
+            let counter =
+                cache.counters[key]
+                ?? Counter(
+                    label: "smsg_requests_total",
+                    dimensions: [("side", key.side), ("topic", key.topic), ("code", key.code)],
+                    factory: self.factory
+                )
+            cache.counters[key] = counter
+            let timer =
+                cache.timers[timerKey]
+                ?? Timer(
+                    label: "smsg_request_duration_seconds",
+                    dimensions: [("side", side), ("topic", topic)],
+                    preferredDisplayUnit: .seconds,
+                    factory: self.factory
+                )
+            cache.timers[timerKey] = timer
             return (counter, timer)
         }
-        metrics.counter.increment()
+        counter.increment()
         if let duration {
-            metrics.timer?.record(duration: duration)
+            timer.record(duration: duration)
         }
     }
 }

@@ -52,7 +52,9 @@ public struct Response: Sendable {
 /// - A handler that throws `RequestError`, or an error that is `RequestErrorConvertible`,
 ///   answers with its code, message and metadata; one that throws anything else answers FAILED
 ///   with a generic message, and the error is logged (with the node, topic and request id) and
-///   counted. A DATA handler's error is logged and counted.
+///   counted. So does one that lets through the `RequestError` of a request it made itself:
+///   that is not this responder's answer (to pass one on, throw a new `RequestError`).
+/// - A handler runs with its context's logger as the task-local `Logger.current`. A DATA handler's error is logged and counted.
 ///   Neither closes nor stalls the session: only protocol violations do.
 /// - A REQUEST's handler is cancelled when the requester CANCELs it, when the connection
 ///   ends, or at its deadline (answered DEADLINE_EXCEEDED).
@@ -162,8 +164,8 @@ public final class Router: Sendable {
                     group.addTask {
                         guard admitted else {
                             let refusal = RequestError(.resourceExhausted, "too many requests in progress")
-                            self.served(message, outcome: refusal.code, since: nil)
-                            await self.answer(message, on: session, with: .failure(refusal))
+                            let sent = await self.answer(message, on: session, with: .failure(refusal))
+                            self.served(message, outcome: sent, since: nil)
                             return
                         }
                         await self.handleRequest(message, on: session)
@@ -212,7 +214,7 @@ public final class Router: Sendable {
         await self.tracing.handle(message, nodeID: session.peer?.nodeID ?? "") { span in
             let context = self.context(of: message, on: session, deadline: nil)
             do {
-                try await handler(message, context)
+                try await withLogger(context.logger) { _ in try await handler(message, context) }
             } catch {
                 self.messageFailures.increment()
                 span.recordError(error)
@@ -232,12 +234,12 @@ public final class Router: Sendable {
 
     private func handleRequest(_ message: Message, on session: Session) async {
         guard let handler = self.handlers.withLockedValue({ $0.requests[message.topic] }) else {
-            self.served(message, outcome: .noHandler, since: nil)
-            await self.answer(
+            let sent = await self.answer(
                 message,
                 on: session,
                 with: .failure(RequestError(.noHandler, "no handler for this topic"))
             )
+            self.served(message, outcome: sent, since: nil)
             return
         }
         await self.tracing.handle(message, nodeID: session.peer?.nodeID ?? "") { span in
@@ -260,17 +262,18 @@ public final class Router: Sendable {
         await withTaskGroup(of: Outcome?.self) { race in
             race.addTask {
                 do {
-                    return .answered(.success(try await handler(message, context)))
+                    return .answered(
+                        .success(try await withLogger(context.logger) { _ in try await handler(message, context) })
+                    )
+                } catch let error as RequestError where error.origin == .made {
+                    return .answered(.failure(error))
+                } catch let error as RequestError {
+                    // The outcome of a request the handler made: not this responder's answer.
+                    return self.handlerFailed(error, context: context)
                 } catch let error as any RequestErrorConvertible {
                     return .answered(.failure(RequestError(error)))
                 } catch {
-                    if Task.isCancelled {
-                        // Cancelled by the race: whichever ended it says what happened.
-                        return nil
-                    }
-                    self.requestFailures.increment()
-                    context.logger.warning("request handler failed", metadata: ["error": "\(error)"])
-                    return .answered(.failure(RequestError(.failed, "the handler failed")))
+                    return self.handlerFailed(error, context: context)
                 }
             }
             race.addTask {
@@ -309,15 +312,11 @@ public final class Router: Sendable {
                 return
             }
             if case .failure(let failure) = result {
-                self.served(message, outcome: failure.code, since: started)
-            } else {
-                self.served(message, outcome: nil, since: started)
-            }
-            if case .failure(let failure) = result {
                 span.attributes["smsg.status_code"] = Int(failure.code.rawValue)
                 span.setStatus(SpanStatus(code: .error, message: failure.code.description))
             }
-            await self.answer(message, on: session, with: result)
+            let sent = await self.answer(message, on: session, with: result)
+            self.served(message, outcome: sent, since: started)
         }
     }
 
@@ -363,15 +362,12 @@ public final class Router: Sendable {
         )
     }
 
-    /// Runs a request this node makes on `topic`, counting and timing its outcome; whatever
-    /// ends it without an answer is thrown as the `RequestError` it stands for.
-    func made(topic: String, _ request: () async throws -> Message) async throws -> Message {
+    /// Runs a request this node makes on `topic` (its coding included, for a typed one),
+    /// counting and timing its outcome; whatever ends it without an answer is thrown as the
+    /// `RequestError` it stands for.
+    func made<Answer>(topic: String, _ request: () async throws -> Answer) async throws -> Answer {
         let started = ContinuousClock.now
-        let label: String
-        switch self.requestMetrics.topics {
-        case .handled: label = topic
-        case .only(let topics): label = topics.contains(topic) ? topic : "other"
-        }
+        let label = self.requestMetrics.madeLabel(of: topic)
         do {
             let answer = try await request()
             self.requestMetrics.record(side: "made", topic: label, code: nil, duration: ContinuousClock.now - started)
@@ -388,21 +384,64 @@ public final class Router: Sendable {
         }
     }
 
-    private func answer(_ request: Message, on session: Session, with result: Result<Response, RequestError>) async {
+    /// Whether an answer that could not be sent was awaited by nobody: the connection ended
+    /// (closed, or by an ERROR either way) or is closing, or the requester CANCELled.
+    private static func nobodyWaits(_ error: MessagingError) -> Bool {
+        switch error.code {
+        case .connectionClosed, .noSuchRequest, .peerError, .protocolViolation, .closing: true
+        default: false
+        }
+    }
+
+    /// A handler threw what is not an outcome of its own: logged, counted, answered FAILED with
+    /// a generic message (nothing of the error crosses the wire); `nil` when the race cancelled
+    /// the handler (whichever ended it says what happened).
+    private func handlerFailed(_ error: any Error, context: HandlerContext) -> Outcome? {
+        if Task.isCancelled {
+            return nil
+        }
+        self.requestFailures.increment()
+        context.logger.warning("request handler failed", metadata: ["error": "\(error)"])
+        return .answered(.failure(RequestError(.failed, "the handler failed")))
+    }
+
+    /// Sends `result` as the answer to `request`; returns the outcome that went (`nil`: the
+    /// answer), which is FAILED when the handler's could not go.
+    @discardableResult
+    private func answer(
+        _ request: Message,
+        on session: Session,
+        with result: Result<Response, RequestError>
+    ) async -> RequestError.Code? {
         do {
             switch result {
             case .success(let response):
                 let headers = session.extensions.contains(.headers) ? response.headers : MessageHeaders()
                 try await session.respond(to: request, headers: headers, body: response.body)
-            case .failure(let failure):
+                return nil
+            case .failure(var failure):
+                if (try? failure.metadata.validateForSending()) == nil {
+                    // Headers that cannot go (a reserved or invalid name, too many bytes) must
+                    // not cost the requester the code and message the handler chose.
+                    self.logger.warning(
+                        "a request outcome's metadata cannot be sent; sending the outcome without it",
+                        metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)"]
+                    )
+                    failure.metadata = MessageHeaders()
+                }
                 try await session.respond(to: request, failure: failure)
+                return failure.code
             }
-        } catch let error as MessagingError where error.code == .connectionClosed || error.code == .noSuchRequest {
+        } catch let error as MessagingError where Self.nobodyWaits(error) {
             // The connection ended, or the requester CANCELled meanwhile: nobody waits for it.
             self.logger.debug(
                 "a request's answer could not be sent",
                 metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)", "error": "\(error)"]
             )
+            if case .failure(let failure) = result {
+                return failure.code
+            }
+            return nil
         } catch {
             // The handler's answer cannot go (too large for the peer, bad headers): the requester
             // is told it failed rather than left to wait.
@@ -412,6 +451,7 @@ public final class Router: Sendable {
                 metadata: ["topic": "\(request.topic)", "request_id": "\(request.id)", "error": "\(error)"]
             )
             try? await session.respond(to: request, failure: RequestError(.failed, "the answer could not be sent"))
+            return .failed
         }
     }
 }

@@ -3,7 +3,10 @@
 ///
 /// Which failures are worth another member is decided by etcd's own status code (gRPC's
 /// UNAVAILABLE and DEADLINE_EXCEEDED, which etcd gives for "no leader", "leader changed", a
-/// stopping member or a request that timed out), never by the text of its message.
+/// stopping member or a request that timed out). Only where etcd gives no status, UNKNOWN, is
+/// its message read: its election service passes on the errors of etcd's own client library,
+/// which lose their status on the way, and there etcd's fixed descriptions
+/// (``EtcdError/transientDescriptions``) still tell.
 public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure this is.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -94,18 +97,42 @@ public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
         hasher.combine(self.status)
     }
 
-    /// etcd no longer knows the lease (it expired or was revoked).
+    /// gRPC's UNKNOWN: what etcd's election service answers for its client library's errors.
+    static let unknownStatus = 2
+
+    /// etcd's descriptions of failures another member may not have (its `rpctypes` errors and
+    /// its client library's), read only when etcd gave no status (UNKNOWN).
+    static let transientDescriptions = [
+        "etcdserver: no leader", "etcdserver: leader changed", "etcdserver: request timed out",
+        "etcdserver: server stopped", "etcdserver: not capable", "etcdserver: too many requests",
+        "context deadline exceeded", "transport is closing",
+    ]
+
+    /// etcd's description of a lease it does not know, read only when it gave no status.
+    static let leaseNotFoundDescription = "etcdserver: requested lease not found"
+
+    /// Whether etcd gave no status, only words.
+    private var statusUnknown: Bool { self.code == .server && self.status == Self.unknownStatus }
+
+    /// etcd no longer knows the lease (it expired or was revoked): NOT_FOUND, or etcd's words
+    /// for it under UNKNOWN.
     var isLeaseNotFound: Bool {
-        self.code == .server && self.status == Status.notFound
+        guard self.code == .server else { return false }
+        return self.status == Status.notFound
+            || (self.statusUnknown && self.message.contains(Self.leaseNotFoundDescription))
     }
 
     /// Whether another member may answer where this one failed: it could not be reached, or it
-    /// said it cannot serve now.
+    /// said it cannot serve now (by its status, or under UNKNOWN by etcd's words for it).
     var triesAnotherMember: Bool {
         switch self.code {
-        case .unreachable: true
-        case .server: self.status == Status.unavailable || self.status == Status.deadlineExceeded
-        default: false
+        case .unreachable:
+            return true
+        case .server:
+            if self.status == Status.unavailable || self.status == Status.deadlineExceeded { return true }
+            return self.statusUnknown && Self.transientDescriptions.contains { self.message.contains($0) }
+        default:
+            return false
         }
     }
 }

@@ -57,9 +57,8 @@ final class EtcdGateway: Sendable {
     let endpoints: [EtcdEndpoint]
     private let plain: any MessagingTransport
     private let secure: (any MessagingTransport)?
-    /// The event loops of the calls, asked for at each connection (an election makes its own
-    /// on first use, and refuses once shut down).
-    private let group: @Sendable () throws -> any EventLoopGroup
+    /// The event loops of the calls, and the calls under way.
+    private let loops: EtcdEventLoops
     private let connectTimeout: TimeAmount
     private let logger: Logger
     /// The member to try first: the last one that answered.
@@ -73,7 +72,7 @@ final class EtcdGateway: Sendable {
     init(
         endpoints: [EtcdEndpoint],
         tls: TLSConfiguration?,
-        group: @escaping @Sendable () throws -> any EventLoopGroup,
+        loops: EtcdEventLoops,
         connectTimeout: TimeAmount,
         logger: Logger
     ) throws {
@@ -85,7 +84,7 @@ final class EtcdGateway: Sendable {
         } else {
             self.secure = nil
         }
-        self.group = group
+        self.loops = loops
         self.connectTimeout = connectTimeout
         self.logger = logger
     }
@@ -167,7 +166,8 @@ final class EtcdGateway: Sendable {
         guard let transport = endpoint.secure ? self.secure : self.plain else {
             throw EtcdError(.invalidConfiguration, "endpoint \(endpoint): https needs a TLS configuration")
         }
-        let group = try self.group()
+        let group = try self.loops.enter()
+        defer { self.loops.leave() }
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
             channel = try await ClientBootstrap(group: group)
@@ -184,6 +184,11 @@ final class EtcdGateway: Sendable {
         } catch {
             throw EtcdError(.unreachable, "\(endpoint): \(error)", cause: error)
         }
+        guard self.loops.opened(channel.channel) else {
+            try? await channel.channel.close()
+            throw EtcdError(.shutDown, "the election was shut down")
+        }
+        defer { self.loops.closed(channel.channel) }
         do {
             return try await channel.executeThenClose { inbound, outbound in
                 var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)

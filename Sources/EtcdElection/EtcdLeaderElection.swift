@@ -1,5 +1,4 @@
 public import Cluster
-import Dispatch
 import FoundationEssentials
 public import Logging
 import Messaging
@@ -46,7 +45,7 @@ public final class EtcdLeaderElection: LeaderElection {
     private let logger: Logger
     private let ttlSeconds: Int64
     private let readers = LeaderReaders()
-    private let loops: ElectionEventLoops
+    private let loops: EtcdEventLoops
 
     /// Makes an election client; nothing is sent to etcd, and no thread started, until it is
     /// used.
@@ -81,13 +80,13 @@ public final class EtcdLeaderElection: LeaderElection {
         self.configuration = configuration
         self.ttlSeconds = ttl
         self.logger = logger
-        let loops = ElectionEventLoops(given: group)
+        let loops = EtcdEventLoops(given: group)
         self.loops = loops
         do {
             self.gateway = try EtcdGateway(
                 endpoints: try configuration.endpoints.map(EtcdEndpoint.init),
                 tls: configuration.tls,
-                group: { try loops.group() },
+                loops: loops,
                 connectTimeout: .nanoseconds(
                     configuration.connectTimeout.components.seconds * 1_000_000_000
                         + configuration.connectTimeout.components.attoseconds / 1_000_000_000
@@ -104,10 +103,10 @@ public final class EtcdLeaderElection: LeaderElection {
     }
 
     /// Ends the election client: observations end (every ``leaders()`` sequence finishes), calls
-    /// made from now on throw ``EtcdError`` with ``EtcdError/Code/shutDown``, and the election's
-    /// own event loop stops (calls still under way fail). Leadership is not resigned here: a
-    /// `Leader` resigns its own as it stops, so shut the election down after the services that
-    /// use it have returned.
+    /// made from now on throw ``EtcdError`` with ``EtcdError/Code/shutDown``, the connections of
+    /// calls still under way are closed (those calls fail), and once they have all returned the
+    /// election's own event loop stops. Leadership is not resigned here: a `Leader` resigns its
+    /// own as it stops, so shut the election down after the services that use it have returned.
     public func shutdown() async {
         self.readers.finishAll()
         await self.loops.shutDown()
@@ -407,69 +406,6 @@ public final class EtcdLeaderElection: LeaderElection {
     }
 }
 
-/// The event loops of an election's calls: the caller's, or one of the election's own, made on
-/// first use and shut down with the election.
-private final class ElectionEventLoops: Sendable {
-    private enum State {
-        case given(any EventLoopGroup)
-        case notStarted
-        case running(MultiThreadedEventLoopGroup)
-        case shutDown
-    }
-
-    private let state: NIOLockedValueBox<State>
-
-    init(given: (any EventLoopGroup)?) {
-        self.state = NIOLockedValueBox(given.map { .given($0) } ?? .notStarted)
-    }
-
-    func group() throws -> any EventLoopGroup {
-        try self.state.withLockedValue { state in
-            switch state {
-            case .given(let group):
-                return group
-            case .running(let group):
-                return group
-            case .notStarted:
-                let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-                state = .running(group)
-                return group
-            case .shutDown:
-                throw EtcdError(.shutDown, "the election was shut down")
-            }
-        }
-    }
-
-    /// Takes the election's own group, if it made one, out of use.
-    private func take() -> MultiThreadedEventLoopGroup? {
-        self.state.withLockedValue { state in
-            switch state {
-            case .given:
-                // The caller's to shut down; the election refuses calls all the same.
-                state = .shutDown
-                return nil
-            case .running(let group):
-                state = .shutDown
-                return group
-            case .notStarted, .shutDown:
-                state = .shutDown
-                return nil
-            }
-        }
-    }
-
-    func shutDown() async {
-        guard let group = self.take() else { return }
-        try? await group.shutdownGracefully()
-    }
-
-    /// From `deinit`, which cannot wait: the shutdown finishes on a queue of its own.
-    func shutDownInBackground() {
-        guard let group = self.take() else { return }
-        group.shutdownGracefully(queue: .global()) { _ in }
-    }
-}
-
 /// The readers of ``EtcdLeaderElection/leaders()``, told each leader once, in order of term:
 /// the poll and a renewed observation report the one already told, and a poll answered just
 /// before an election can arrive after it.
@@ -511,7 +447,8 @@ private final class LeaderReaders: Sendable {
             return id
         }
         guard let id else {
-            continuation.finish(throwing: EtcdError(.shutDown, "the election was shut down"))
+            // Shut down: there is nothing more to follow.
+            continuation.finish()
             return stream
         }
         continuation.onTermination = { _ in self.remove(id) }

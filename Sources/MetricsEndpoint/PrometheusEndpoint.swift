@@ -1,6 +1,5 @@
 import Logging
 import Messaging
-import NIOConcurrencyHelpers
 public import NIOCore
 import NIOHTTP1
 public import NIOPosix
@@ -20,9 +19,7 @@ public final class PrometheusEndpoint: Service, Sendable {
     private let host: String
     private let port: Int
     private let group: any EventLoopGroup
-    private let listening: EventLoopPromise<SocketAddress>
-    /// Whether `listening` is completed (an endpoint never run fails it when it goes).
-    private let listeningDone = NIOLockedValueBox(false)
+    private let listening = Eventual<SocketAddress>()
     private let help: [String: String]
 
     /// - Parameters:
@@ -43,13 +40,6 @@ public final class PrometheusEndpoint: Service, Sendable {
         self.registry = registry
         self.help = MetricDescriptions.all.merging(help) { $1 }
         self.group = group
-        self.listening = group.next().makePromise(of: SocketAddress.self)
-    }
-
-    deinit {
-        if !self.listeningDone.withLockedValue({ $0 }) {
-            self.listening.fail(CancellationError())
-        }
     }
 
     /// The registry's exposition with a `# HELP` line before each family's `# TYPE` line.
@@ -102,7 +92,7 @@ public final class PrometheusEndpoint: Service, Sendable {
 
     /// The address served, once bound.
     public func listeningAddress() async throws -> SocketAddress {
-        try await self.listening.futureResult.get()
+        try await self.listening.value()
     }
 
     public func run() async throws {
@@ -119,12 +109,10 @@ public final class PrometheusEndpoint: Service, Sendable {
                 .bind(host: self.host, port: self.port)
                 .get()
         } catch {
-            self.listeningDone.withLockedValue { $0 = true }
-            self.listening.fail(error)
+            self.listening.complete(.failure(error))
             throw error
         }
-        self.listeningDone.withLockedValue { $0 = true }
-        self.listening.succeed(channel.localAddress!)
+        self.listening.complete(.success(channel.localAddress!))
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
         } onGracefulShutdown: {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 
 @main
 struct SecureMsg: AsyncParsableCommand {
@@ -29,6 +30,13 @@ struct SecureMsg: AsyncParsableCommand {
     /// runs a command that throws for it): errors that belong to the parser are told apart by
     /// the exit status it gives them, never by their text.
     static func main() async {
+        // What logs without a logger of its own (a bench client's sessions): warnings and
+        // errors, on standard error, never mixed into a command's output on standard output.
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
         let command: any ParsableCommand
         do {
             command = try parseAsRoot()

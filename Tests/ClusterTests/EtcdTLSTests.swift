@@ -117,7 +117,10 @@ struct EtcdTLSTests {
             Issue.record("etcd took a campaign without a client certificate")
         } catch let error as EtcdError {
             #expect(error.code == .unreachable, "\(error)")
-            #expect(error.cause != nil, "\(error)")
+            // Refused by TLS: a TLS error underneath (TLS 1.3 sends "certificate required"
+            // after the handshake, as the first record the client reads).
+            let tls = (error.cause as? MessagingError)?.tlsError ?? (error.cause as? TLSError)
+            #expect(tls != nil || "\(error)".contains("certificate"), "\(String(reflecting: error))")
         }
     }
 
@@ -139,7 +142,8 @@ struct EtcdTLSTests {
         } catch let error as EtcdError {
             #expect(error.code == .shutDown)
         }
+        // A reader that comes later has nothing to follow either.
         var late = election.leaders().makeAsyncIterator()
-        await #expect(throws: EtcdError.self) { try await late.next() }
+        #expect(try await late.next() == nil)
     }
 }

@@ -2,6 +2,7 @@ import Cluster
 import Messaging
 import NIOCore
 import SMSGTestSupport
+import SecureTransport
 import Testing
 
 @Suite("A leader's settings: it runs once; identities need client certificates")
@@ -29,8 +30,34 @@ struct LeaderSettingsTests {
         let refusal = await #expect(throws: MessagingError.self) { try await leader.run() }
         #expect(refusal?.code == .invalidConfiguration)
         #expect(refusal?.reason.contains("requireCertificateIdentity") == true, "\(String(describing: refusal))")
-        // The events end: nobody waits on them forever.
+        // The events end, and whoever waits for the address hears why there is none.
         for await _ in leader.events {}
+        let address = await #expect(throws: MessagingError.self) { try await leader.listeningAddress() }
+        #expect(address?.code == .invalidConfiguration)
+    }
+
+    @Test("TLS that asks for no client certificate is refused the same way; optional client certificates run")
+    func tlsClientAuthentication() async throws {
+        let certificates = ClusterCertificates.self
+        func transport(_ authentication: TLSConfiguration.ClientAuthentication) throws -> TLSTransport {
+            try TLSTransport(
+                configuration: .makeMutualTLSServerConfiguration(
+                    certificateChain: .file(certificates.path("leader.pem")),
+                    privateKey: .file(certificates.path("leader.key")),
+                    trustRoots: .file(certificates.path("ca.pem")),
+                    clientAuthentication: authentication
+                )
+            )
+        }
+        let none = Leader(configuration: LeaderConfiguration(), transport: try transport(.none), logger: quiet)
+        let refusal = await #expect(throws: MessagingError.self) { try await none.run() }
+        #expect(refusal?.code == .invalidConfiguration)
+
+        let optional = Leader(configuration: LeaderConfiguration(), transport: try transport(.optional), logger: quiet)
+        let running = Task { try await optional.run() }
+        _ = try await optional.listeningAddress()
+        optional.shutdown()
+        try await running.value
     }
 
     @Test("over plain TCP with requireCertificateIdentity off, a collaborator joins with its node_id as given")

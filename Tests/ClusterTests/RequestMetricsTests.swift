@@ -1,4 +1,3 @@
-import Cluster
 import Foundation
 import Logging
 import Messaging
@@ -10,31 +9,7 @@ import Prometheus
 import SMSGTestSupport
 import Testing
 
-/// Log lines at notice and above, for the tests to read.
-private final class Notices: Sendable {
-    let lines = NIOLockedValueBox<[(message: String, metadata: Logger.Metadata)]>([])
-
-    var logger: Logger {
-        Logger(label: "test") { _ in NoticeHandler(notices: self) }
-    }
-
-    private struct NoticeHandler: LogHandler {
-        let notices: Notices
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .notice
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { self.metadata[key] }
-            set { self.metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            var merged = self.metadata
-            merged.merge(event.metadata ?? [:]) { $1 }
-            self.notices.lines.withLockedValue { $0.append(("\(event.message)", merged)) }
-        }
-    }
-}
+@testable import Cluster
 
 @Suite("Requests counted by topic and outcome; DATA nobody handles counted and told")
 struct RequestMetricsTests {
@@ -107,10 +82,48 @@ struct RequestMetricsTests {
         }
     }
 
+    @Test("topics of requests made: the first 64 get a label of their own, the rest are 'other'")
+    func madeTopicsBounded() async throws {
+        let metrics = TestMetrics()
+        let router = Router(logger: quiet, metrics: metrics)
+        for index in 0..<(RequestMetrics.madeTopicLimit + 6) {
+            _ = try? await router.made(topic: "user.\(index)") { () async throws -> Int in
+                throw RequestError(.unavailable, "nobody")
+            }
+        }
+        let labelled = Set(
+            metrics.counters.compactMap { counter in
+                counter.dimensions.first { $0.0 == "topic" }?.1
+            }
+        )
+        #expect(labelled.count == RequestMetrics.madeTopicLimit + 1)
+        #expect(labelled.contains("other"))
+        #expect(
+            try metrics.expectCounter(
+                "smsg_requests_total",
+                [("side", "made"), ("topic", "other"), ("code", "UNAVAILABLE")]
+            ).totalValue == 6
+        )
+        // With a list, only the topics listed.
+        let listed = TestMetrics()
+        let only = Router(logger: quiet, metrics: listed, requestTopics: .only(["user.1"]))
+        for topic in ["user.1", "user.2"] {
+            _ = try? await only.made(topic: topic) { () async throws -> Int in 1 }
+        }
+        #expect(
+            try listed.expectCounter("smsg_requests_total", [("side", "made"), ("topic", "user.1"), ("code", "OK")])
+                .totalValue == 1
+        )
+        #expect(
+            try listed.expectCounter("smsg_requests_total", [("side", "made"), ("topic", "other"), ("code", "OK")])
+                .totalValue == 1
+        )
+    }
+
     @Test("DATA on a topic nobody handles is counted and told at notice, at most once per interval")
     func unhandledData() async throws {
         let metrics = TestMetrics()
-        let notices = Notices()
+        let notices = LogRecorder()
         var configuration = LeaderConfiguration()
         configuration.server.session.heartbeatInterval = .seconds(1)
         let leader = Leader(
@@ -138,7 +151,7 @@ struct RequestMetricsTests {
         try await collaborator.sendAcknowledged(topic: "known", body: ByteBuffer())
         await eventually("handled") { handled.withLockedValue { $0 } == 1 }
         #expect(try metrics.expectCounter("smsg_unhandled_total").totalValue == 5)
-        let dropped = notices.lines.withLockedValue { $0 }.filter { $0.message.contains("no handler for its topic") }
+        let dropped = notices.notices.filter { $0.message.contains("no handler for its topic") }
         #expect(dropped.count == 1, "one notice for five drops within the interval")
         #expect(dropped.first?.metadata["topic"] == "nobody")
         #expect(dropped.first?.metadata["node_id"] == "collab-1")

@@ -97,6 +97,63 @@ struct RequestOutcomeTests {
         }
     }
 
+    @Test("a handler that lets through the outcome of its own request answers FAILED, not that outcome")
+    func nestedOutcomeNotForwarded() async throws {
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+            // Its own request ends here (nobody called "ghost" is connected): UNAVAILABLE, with
+            // a message about this leader's sessions, which is not the requester's business.
+            leader.onRequest(topic: "relay") { _, _ -> ByteBuffer in
+                try await leader.request(to: "ghost", topic: "t", body: ByteBuffer()).body
+            }
+            // A downstream's own answer passed on as it is: not this responder's either.
+            leader.onRequest(topic: "relay-answer") { _, context -> ByteBuffer in
+                try await leader.request(to: context.nodeID, topic: "refuse", body: ByteBuffer()).body
+            }
+            // To pass one on, a handler says so with an outcome of its own.
+            leader.onRequest(topic: "relay-own") { _, context -> ByteBuffer in
+                do {
+                    return try await leader.request(to: context.nodeID, topic: "refuse", body: ByteBuffer()).body
+                } catch let error as RequestError {
+                    throw RequestError(error.code, "downstream: \(error.message)")
+                }
+            }
+            let (collaborator, running) = try await startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
+            collaborator.onRequest(topic: "refuse") { _, _ -> ByteBuffer in
+                throw RequestError(.permissionDenied, "not you")
+            }
+            await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
+            for topic in ["relay", "relay-answer"] {
+                let outcome = await #expect(throws: RequestError.self) {
+                    try await collaborator.request(topic: topic, body: ByteBuffer())
+                }
+                #expect(outcome == RequestError(.failed, "the handler failed"), "\(topic)")
+            }
+            let own = await #expect(throws: RequestError.self) {
+                try await collaborator.request(topic: "relay-own", body: ByteBuffer())
+            }
+            #expect(own == RequestError(.permissionDenied, "downstream: not you"))
+            await collaborator.leave()
+            try await running.value
+        }
+    }
+
+    @Test("metadata that cannot be sent is left out; the handler's code and message still arrive")
+    func unsendableMetadata() async throws {
+        try await withLeader(heartbeat: .seconds(1)) { leader, port, _ in
+            leader.onRequest(topic: "bad") { _, _ -> ByteBuffer in
+                throw RequestError(.application(1002), "kept", metadata: ["smsg-reserved": "x"])
+            }
+            let (collaborator, running) = try await startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
+            await eventually("joined") { leader.collaborator("collab-1")?.state == .active }
+            let outcome = await #expect(throws: RequestError.self) {
+                try await collaborator.request(topic: "bad", body: ByteBuffer())
+            }
+            #expect(outcome == RequestError(.application(1002), "kept"))
+            await collaborator.leave()
+            try await running.value
+        }
+    }
+
     @Test("a RequestError's equality and hash ignore the cause; its text says what caused it")
     func equalityAndText() {
         let timeout = RequestError(

@@ -202,4 +202,26 @@ struct InboundSizeTests {
         )
         #expect(InboundQueue.size(of: withHeaders) == 1 + 1 + 2 + (1 + 3 + 2 + 5) + 3)
     }
+
+    @Test("a received message counts its header block as it came, the protocol's own headers too")
+    func countsWireBlock() {
+        // A REQUEST with smsg-timeout-ms (kept out of `headers`) and one header of its own.
+        var block = ByteBuffer()
+        for (name, value) in [("smsg-timeout-ms", "5000"), ("key", "value")] {
+            block.writeInteger(UInt8(name.utf8.count))
+            block.writeString(name)
+            block.writeInteger(UInt16(value.utf8.count))
+            block.writeString(value)
+        }
+        var payload = ByteBuffer()
+        payload.writeInteger(UInt8(1))
+        payload.writeString("t")
+        payload.writeInteger(UInt16(block.readableBytes))
+        payload.writeImmutableBuffer(block)
+        payload.writeString("abc")
+        let frame = Frame(type: .data, flags: DataFlags([.request, .headers]).rawValue, id: 1, payload: payload)
+        let message = Message(dataFrame: frame)
+        #expect(message.headers == ["key": "value"])
+        #expect(InboundQueue.size(of: message) == payload.readableBytes)
+    }
 }

@@ -12,32 +12,6 @@ import Testing
 /// `smsg_refusals_total{reason}`.
 @Suite("Refusals: logged at notice and counted")
 struct RefusalLoggingTests {
-    /// Log records kept in memory.
-    final class Records: Sendable {
-        let lines = NIOLockedValueBox<[(Logger.Level, String, Logger.Metadata)]>([])
-
-        var notices: [(String, Logger.Metadata)] {
-            self.lines.withLockedValue { $0.filter { $0.0 == .notice }.map { ($0.1, $0.2) } }
-        }
-    }
-
-    struct RecordingHandler: LogHandler {
-        let records: Records
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { self.metadata[key] }
-            set { self.metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            var merged = self.metadata
-            merged.merge(event.metadata ?? [:]) { $1 }
-            self.records.lines.withLockedValue { $0.append((event.level, "\(event.message)", merged)) }
-        }
-    }
-
     static func count(_ reason: RefusalReason, in registry: PrometheusCollectorRegistry) -> Int {
         Self.value("smsg_refusals_total{reason=\"\(reason.rawValue)\"}", in: registry)
     }
@@ -55,14 +29,14 @@ struct RefusalLoggingTests {
     @Test("missing and untrusted client certificates, a node_id that is not the certificate's, the connection limit")
     func everyRefusal() async throws {
         let registry = PrometheusCollectorRegistry()
-        let records = Records()
+        let records = LogRecorder()
         var configuration = ServerConfiguration()
         configuration.requireCertificateIdentity = true
         configuration.maxConnections = 1
         let server = SecureMessagingServer(
             configuration: configuration,
             transport: try Certificates.serverTransport(.tls, clientAuth: .required),
-            logger: Logger(label: "test") { _ in RecordingHandler(records: records) },
+            logger: records.logger,
             metrics: MessagingMetrics(factory: PrometheusMetricsFactory(registry: registry)),
             handler: echoHandler
         )
@@ -98,7 +72,7 @@ struct RefusalLoggingTests {
         await eventually("connection_limit") { Self.count(.connectionLimit, in: registry) == 1 }
         await first.close()
 
-        let notices = records.notices.filter { $0.0 == "refused a connection" }
+        let notices = records.notices.filter { $0.message == "refused a connection" }.map { ($0.message, $0.metadata) }
         let reasons = notices.compactMap { $0.1["reason"].map { "\($0)" } }
         #expect(
             reasons == ["certificate_missing", "certificate_untrusted", "identity_mismatch", "connection_limit"],

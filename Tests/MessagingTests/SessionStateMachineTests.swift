@@ -286,7 +286,9 @@ struct SessionStateMachineTests {
             Issue.record("expected UNAUTHORIZED, got \(action)")
             return
         }
-        #expect(violation == ProtocolViolation(.unauthorized, "no client certificate to check the node_id against"))
+        #expect(
+            violation == ProtocolViolation(.unauthorized, "no client certificate identity to check the node_id against")
+        )
     }
 
     @Test("server: the HELLO itself is checked before the identity")

@@ -26,17 +26,22 @@ public struct Message: Sendable, Hashable {
         let deadline: NIODeadline?
         /// The outcome of a FAILED RESPONSE.
         let failure: RequestError?
+        /// For a message received: the bytes its header block took on the wire (`block_len`
+        /// and the entries, the protocol's own `smsg-` ones included).
+        let wireBlockBytes: Int?
 
         init(
             headers: MessageHeaders,
             timeout: Duration? = nil,
             deadline: NIODeadline? = nil,
-            failure: RequestError? = nil
+            failure: RequestError? = nil,
+            wireBlockBytes: Int? = nil
         ) {
             self.headers = headers
             self.timeout = timeout
             self.deadline = deadline
             self.failure = failure
+            self.wireBlockBytes = wireBlockBytes
         }
 
         static func == (lhs: Extras, rhs: Extras) -> Bool {
@@ -132,11 +137,13 @@ public struct Message: Sendable, Hashable {
     ) -> (ByteBuffer, Extras) {
         var payload = payload
         var received = MessageHeaders.Received()
+        let blockStart = payload.readerIndex
         if flags.contains(.headers) {
             // Validated by the assembler: this read cannot fail.
             received =
                 (try? MessageHeaders.readBlock(&payload, isRequest: flags.contains(.request), keep: true)) ?? received
         }
+        let wireBlockBytes = payload.readerIndex - blockStart
         let timeout = received.timeoutMilliseconds.map { Duration.milliseconds($0) }
         var failure: RequestError?
         if flags.contains(.failed) {
@@ -147,7 +154,8 @@ public struct Message: Sendable, Hashable {
             headers: received.headers,
             timeout: timeout,
             deadline: received.timeoutMilliseconds.map { now + .milliseconds(Int64($0)) },
-            failure: failure
+            failure: failure,
+            wireBlockBytes: wireBlockBytes
         )
         return (payload, extras)
     }

@@ -96,7 +96,7 @@ public struct MessageHeaders: Hashable, Sendable, Sequence, ExpressibleByDiction
     /// Checks the headers an application hands over: valid names, none reserved, values that
     /// fit their length field, and a block within 16,384 bytes once `extraBytes` (what the
     /// session adds) is counted.
-    func validateForSending(extraBytes: Int = 0) throws(MessagingError) {
+    package func validateForSending(extraBytes: Int = 0) throws(MessagingError) {
         for entry in self.entries {
             guard Self.isValidName(entry.name) else {
                 throw MessagingError(.invalidHeader, "a header name is 1 to 64 characters of a-z 0-9 - _ .")

@@ -11,12 +11,16 @@ import NIOCore
 /// | the responder did not serve it | the responder's | `nil` |
 /// | no answer within the request's timeout | ``Code/deadlineExceeded`` | `MessagingError` (`requestTimedOut`) |
 /// | no connection, or it was lost or closing | ``Code/unavailable`` | `MessagingError` (its TLS error inside, if any) |
+/// | a reconnecting client refused for its identity, for good | ``Code/permissionDenied`` | `MessagingError` (`gaveUp`) |
+/// | too many sends already wait for a connection | ``Code/resourceExhausted`` | `MessagingError` (`outboxFull`) |
 /// | the calling task was cancelled | ``Code/cancelled`` | `CancellationError` |
 /// | the request cannot be sent as given (topic, headers, size), or a typed value does not encode or decode | ``Code/invalidArgument`` | `MessagingError` or the coding error |
 ///
 /// A handler throws one (or any error that is ``RequestErrorConvertible``) to choose what its
 /// requester sees; any other error a handler throws is answered ``Code/failed`` with a generic
-/// message.
+/// message. So is the outcome of a request the handler made itself and let through (a
+/// downstream timeout is not this responder's answer): to pass one on, throw a new
+/// `RequestError` with the code and message to show.
 public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// The outcome's code: 1 to 8 are the protocol's, 1000 and above the application's.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -89,6 +93,21 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
     /// responder's FAILED answer.
     public var cause: (any Error)?
 
+    /// Where an outcome came from.
+    package enum Origin: Sendable {
+        /// Made by the application (a handler's choice, or a `RequestErrorConvertible`).
+        case made
+        /// A responder's FAILED answer to a request this side made.
+        case received
+        /// This side ended a request it made (a timeout, a lost connection, a cancellation).
+        case ended
+    }
+
+    /// Where this outcome came from: a router answers with a handler's own outcomes only, and
+    /// treats the outcome of a request the handler made itself as the handler's failure (it is
+    /// not this responder's answer, and its message may name internal things). Not compared.
+    package var origin: Origin = .made
+
     /// Makes an outcome.
     ///
     /// - Parameters:
@@ -111,9 +130,16 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
     /// The outcome for `error`, which ended a request on the requester's side (see the table
     /// above); a `RequestError` stays as it is.
     public init(endingRequest error: any Error) {
-        switch error {
-        case let error as RequestError:
+        if let error = error as? RequestError {
             self = error
+            return
+        }
+        self.init(mapping: error)
+        self.origin = .ended
+    }
+
+    private init(mapping error: any Error) {
+        switch error {
         case let error as any RequestErrorConvertible:
             self.init(error)
         case is CancellationError:
@@ -124,6 +150,11 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
                 self.init(.deadlineExceeded, error.reason, cause: error)
             case .payloadTooLarge, .topicTooLong, .invalidHeader, .extensionNotInForce:
                 self.init(.invalidArgument, error.reason, cause: error)
+            case .outboxFull:
+                self.init(.resourceExhausted, error.reason, cause: error)
+            case .gaveUp where error.isIdentityRefusal:
+                // The server refused who this side is: trying again cannot help.
+                self.init(.permissionDenied, error.reason, cause: error)
             default:
                 self.init(.unavailable, error.reason, cause: error)
             }
@@ -215,6 +246,7 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
         self.message = body.readString(length: body.readableBytes) ?? ""
         self.metadata = metadata
         self.cause = nil
+        self.origin = .received
     }
 }
 

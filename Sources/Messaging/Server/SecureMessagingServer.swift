@@ -40,7 +40,7 @@ public final class SecureMessagingServer: Service, Sendable {
     private let logger: Logger
     private let handler: Handler
     private let receiverFactory: ReceiverFactory?
-    private let listening: EventLoopPromise<SocketAddress>
+    private let listening = Eventual<SocketAddress>()
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
     private let shuttingDown = NIOLockedValueBox(false)
     private let metrics: MessagingMetrics
@@ -121,7 +121,6 @@ public final class SecureMessagingServer: Service, Sendable {
         self.group = group
         self.logger = logger
         self.handler = handler
-        self.listening = group.next().makePromise(of: SocketAddress.self)
     }
 
     /// Changes what new connections get from now on: the HELLO `metadata` (`nil`: the
@@ -136,8 +135,17 @@ public final class SecureMessagingServer: Service, Sendable {
     public var activeSessionCount: Int { self.registry.count }
 
     /// The address the server listens on, once it does.
+    ///
+    /// - Throws: the error that kept ``run()`` from listening (a port taken, a refused
+    ///   configuration); `CancellationError` when the calling task is cancelled first.
     public func listeningAddress() async throws -> SocketAddress {
-        try await self.listening.futureResult.get()
+        try await self.listening.value()
+    }
+
+    /// Makes ``listeningAddress()`` throw `error`: a service around the server refused to run
+    /// it.
+    package func refuseToListen(_ error: any Error) {
+        self.listening.complete(.failure(error))
     }
 
     /// Serves until its task is cancelled, its `ServiceGroup` shuts down gracefully, or
@@ -163,13 +171,13 @@ public final class SecureMessagingServer: Service, Sendable {
                     child.eventLoop.makeCompletedFuture { try self.setUp(child) }
                 }
         } catch {
-            self.listening.fail(error)
+            self.listening.complete(.failure(error))
             throw error
         }
         self.serverChannel.withLockedValue { $0 = channel.channel }
         if let address = channel.channel.localAddress {
             self.logger.info("listening", metadata: ["address": "\(address.addressText)"])
-            self.listening.succeed(address)
+            self.listening.complete(.success(address))
         }
         if self.shuttingDown.withLockedValue({ $0 }) {
             channel.channel.close(promise: nil)

@@ -48,10 +48,13 @@ final class InboundQueue: Sendable {
         }
     }
 
-    /// The DATA payload bytes a message counts for: its topic, its header block (less the
-    /// protocol's own `smsg-` headers, which are not kept) and its body.
+    /// The DATA payload bytes a message counts for: its topic, its header block as it came on
+    /// the wire (the protocol's own `smsg-` headers included) and its body.
     static func size(of message: Message) -> Int {
-        let headerBlock = message.flags.contains(.headers) ? 2 + message.headers.blockBytes : 0
+        var headerBlock = 0
+        if message.flags.contains(.headers) {
+            headerBlock = message.extras?.wireBlockBytes ?? (2 + message.headers.blockBytes)
+        }
         return 1 + message.topic.utf8.count + headerBlock + message.body.readableBytes
     }
 

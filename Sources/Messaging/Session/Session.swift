@@ -327,12 +327,16 @@ public final class Session: Sendable {
 
     /// Answers a REQUEST with the outcome that it was not served: a FAILED RESPONSE with the
     /// error's code and message where the peer has the `status` extension (and its
-    /// ``RequestError/metadata`` as headers where it has `headers`), else (a plain smsg/1 peer)
-    /// a RESPONSE with an empty body.
+    /// ``RequestError/metadata`` as headers where it has `headers`, unless they cannot be sent:
+    /// an invalid or reserved name, over 16,384 bytes), else (a plain smsg/1 peer) a RESPONSE
+    /// with an empty body.
     public func respond(to request: Message, failure: RequestError) async throws {
         var headers = MessageHeaders()
-        if !failure.metadata.isEmpty, self.extensions.contains(.headers), self.extensions.contains(.status) {
-            try failure.metadata.validateForSending()
+        if !failure.metadata.isEmpty, self.extensions.contains(.headers), self.extensions.contains(.status),
+            (try? failure.metadata.validateForSending()) != nil
+        {
+            // Metadata that cannot go (an invalid or reserved name, too many bytes) is left
+            // out: the code and message still reach the requester.
             headers = failure.metadata
         }
         try await self.respond(to: request, topic: nil, headers: headers, body: ByteBuffer(), failure: failure)

@@ -100,7 +100,7 @@ extension SessionStateMachine {
         if let required = self.configuration.requiredIdentity, hello.nodeID != required {
             let reason =
                 required.isEmpty
-                ? "no client certificate to check the node_id against"
+                ? "no client certificate identity to check the node_id against"
                 : "node_id does not match the client certificate"
             return .fail(self.failed(ProtocolViolation(.unauthorized, reason)))
         }
