@@ -6,7 +6,7 @@
 /// stopping member or a request that timed out). Only where etcd gives no status, UNKNOWN, is
 /// its message read: its election service passes on the errors of etcd's own client library,
 /// which lose their status on the way, and there etcd's fixed descriptions
-/// (``EtcdError/transientDescriptions``) still tell.
+/// (its `rpctypes` errors) still tell.
 public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure this is.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
