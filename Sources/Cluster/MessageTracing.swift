@@ -48,11 +48,7 @@ struct MessageTracing: Sendable {
         peer: String?,
         _ operation: () async throws -> Message
     ) async throws -> Message {
-        do {
-            return try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation)
-        } catch {
-            throw RequestError(endingRequest: error)
-        }
+        try await RequestError.ending { try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation) }
     }
 
     private static func clientSpan(

@@ -163,6 +163,16 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
         }
     }
 
+    /// Runs `request`; whatever ends it without an answer is thrown as the `RequestError` it
+    /// stands for (``init(endingRequest:)``): the one place a request's errors are mapped.
+    package static func ending<Answer>(_ request: () async throws -> Answer) async throws -> Answer {
+        do {
+            return try await request()
+        } catch {
+            throw RequestError(endingRequest: error)
+        }
+    }
+
     /// The outcome a handler's `RequestErrorConvertible` error stands for.
     public init(_ convertible: some RequestErrorConvertible) {
         if let error = convertible as? RequestError {

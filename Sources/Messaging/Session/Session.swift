@@ -276,10 +276,8 @@ public final class Session: Sendable {
         body: ByteBuffer,
         timeout: Duration? = nil
     ) async throws -> Message {
-        do {
-            return try await self.requestOrFail(topic: topic, headers: headers, body: body, timeout: timeout)
-        } catch {
-            throw RequestError(endingRequest: error)
+        try await RequestError.ending {
+            try await self.requestOrFail(topic: topic, headers: headers, body: body, timeout: timeout)
         }
     }
 
