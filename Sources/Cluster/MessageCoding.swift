@@ -71,7 +71,7 @@ extension MessageCoder {
         do {
             return try self.body(value)
         } catch {
-            throw RequestError(.invalidArgument, "\(error)", cause: error)
+            throw RequestError.ended(.invalidArgument, "\(error)", cause: error)
         }
     }
 
@@ -80,7 +80,7 @@ extension MessageCoder {
         do {
             return try self.value(type, of: message)
         } catch {
-            throw RequestError(.invalidArgument, "\(error)", cause: error)
+            throw RequestError.ended(.invalidArgument, "\(error)", cause: error)
         }
     }
 }

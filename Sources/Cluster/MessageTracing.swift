@@ -48,7 +48,7 @@ struct MessageTracing: Sendable {
         peer: String?,
         _ operation: () async throws -> Message
     ) async throws -> Message {
-        try await RequestError.ending { try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation) }
+        try await Self.clientSpan(self.tracer, topic: topic, peer: peer, operation)
     }
 
     private static func clientSpan(

@@ -99,6 +99,9 @@ public struct RequestMetrics: Sendable {
         let key = Key(side: side, topic: topic, code: Self.codeLabel(code))
         let timerKey = TimerKey(side: side, topic: topic)
         let (counter, timer) = self.cache.withLockedValue { cache in
+            if let counter = cache.counters[key], let timer = cache.timers[timerKey] {
+                return (counter, timer)
+            }
             let counter =
                 cache.counters[key]
                 ?? Counter(
@@ -106,7 +109,6 @@ public struct RequestMetrics: Sendable {
                     dimensions: [("side", key.side), ("topic", key.topic), ("code", key.code)],
                     factory: self.factory
                 )
-            cache.counters[key] = counter
             let timer =
                 cache.timers[timerKey]
                 ?? Timer(
@@ -115,6 +117,7 @@ public struct RequestMetrics: Sendable {
                     preferredDisplayUnit: .seconds,
                     factory: self.factory
                 )
+            cache.counters[key] = counter
             cache.timers[timerKey] = timer
             return (counter, timer)
         }

@@ -53,9 +53,10 @@ public struct Response: Sendable {
 ///   answers with its code, message and metadata; one that throws anything else answers FAILED
 ///   with a generic message, and the error is logged (with the node, topic and request id) and
 ///   counted. So does one that lets through the `RequestError` of a request it made itself:
-///   that is not this responder's answer (to pass one on, throw a new `RequestError`).
-/// - A handler runs with its context's logger as the task-local `Logger.current`. A DATA handler's error is logged and counted.
-///   Neither closes nor stalls the session: only protocol violations do.
+///   that is not this responder's answer (to pass one on, throw a new `RequestError`). A DATA
+///   handler's error is logged and counted. Neither closes nor stalls the session: only
+///   protocol violations do.
+/// - A handler runs with its context's logger as the task-local `Logger.current`.
 /// - A REQUEST's handler is cancelled when the requester CANCELs it, when the connection
 ///   ends, or at its deadline (answered DEADLINE_EXCEEDED).
 /// - Every handler runs in a span (kind server for a REQUEST, consumer for other DATA) that

@@ -163,6 +163,14 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
         }
     }
 
+    /// An outcome this side gave a request it made (a value that does not encode, an answer
+    /// that does not decode): like ``init(endingRequest:)``'s, never passed on by a router.
+    package static func ended(_ code: Code, _ message: String, cause: any Error) -> RequestError {
+        var error = RequestError(code, message, cause: cause)
+        error.origin = .ended
+        return error
+    }
+
     /// Runs `request`; whatever ends it without an answer is thrown as the `RequestError` it
     /// stands for (``init(endingRequest:)``): the one place a request's errors are mapped.
     package static func ending<Answer>(_ request: () async throws -> Answer) async throws -> Answer {
