@@ -196,9 +196,16 @@ final class EtcdGateway: Sendable {
                 head.headers.add(name: "Host", value: "\(host):\(endpoint.port)")
                 head.headers.add(name: "Content-Type", value: "application/json")
                 head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
-                try await outbound.write(.head(head))
-                try await outbound.write(.body(.byteBuffer(body)))
-                try await outbound.write(.end(nil))
+                do {
+                    try await outbound.write(.head(head))
+                    try await outbound.write(.body(.byteBuffer(body)))
+                    try await outbound.write(.end(nil))
+                } catch {
+                    // The connection ended before the request went out: what ended it (a TLS
+                    // alert, such as "certificate required") waits on the inbound side.
+                    for try await _ in inbound {}
+                    throw error
+                }
 
                 var status: HTTPResponseStatus?
                 var pending = ByteBuffer()
