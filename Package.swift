@@ -222,6 +222,7 @@ let package = Package(
             name: "ClusterTests",
             dependencies: [
                 "Cluster",
+                "SecureMessagingTesting",
                 "EtcdElection",
                 "Messaging",
                 "MetricsEndpoint",

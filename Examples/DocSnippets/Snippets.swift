@@ -149,7 +149,7 @@ func handler(channel: any Channel) throws {
     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: context))
 }
 
-// doc: README.md #4
+// doc: README.md #5
 func secureTransportDirectly() async throws {
     /// Yours: whatever reads and writes the plaintext. This one echoes it back.
     final class EchoHandler: ChannelInboundHandler {
@@ -195,4 +195,36 @@ func secureTransportDirectly() async throws {
     )
     // ... ClientBootstrap with TLSHandler(context: clientContext, serverHostname: "localhost")
     _ = (server, clientContext)
+}
+
+/// A job and its answer, for the dispatch fragment.
+struct ResizeJob: Codable {
+    var image: String
+    var width: Int
+}
+
+struct Thumbnail: Codable {
+    var bytes: [UInt8]
+}
+
+// doc: README.md #2
+func dispatch(leader: Leader, id: String, update: ByteBuffer, userID: String) async throws {
+    // To whichever collaborator handling "resize" has the most room: the fewest outstanding
+    // requests for its capacity. Tried again elsewhere, within the same 10 s, if that one is
+    // lost or refuses (marked idempotent: running it twice does no harm).
+    let thumbnail = try await leader.request(
+        toAnyHandling: "resize",
+        value: ResizeJob(image: id, width: 256),
+        as: Thumbnail.self,
+        timeout: .seconds(10),
+        options: DispatchOptions(idempotent: true)
+    )
+    // The same key goes to the same collaborator (rendezvous hashing): a join or a leave moves
+    // only the keys of the collaborator that came or went.
+    _ = try await leader.request(
+        toAnyHandling: "session.update",
+        body: update,
+        options: DispatchOptions(affinity: .key(userID), eligible: { $0.status != "draining" })
+    )
+    _ = thumbnail
 }

@@ -18,10 +18,15 @@ public struct CollaboratorConfiguration: Sendable, Hashable {
     public var metadata: [String: String] = [:]
     public var session = SessionConfiguration()
     public var reconnect = ReconnectPolicy()
-    /// The most REQUESTs from the leader in handlers at once; beyond, RESOURCE_EXHAUSTED.
+    /// The most REQUESTs from the leader in handlers at once; beyond, its further
+    /// messages wait and it is told FLOW SLOW_DOWN (``Router``).
     public var maximumConcurrentRequests = 64
     /// Which topics get a label of their own in the request metrics (``RequestMetrics``).
     public var requestMetricsTopics: RequestMetrics.Topics = .handled
+    /// Whether it tells the leader the topics it handles (PROTOCOL.md 8.5, `interest`): in the
+    /// HELLO, and again whenever handlers are added or removed. A leader then sends it only the
+    /// broadcasts it handles and dispatches to it only requests it answers.
+    public var announcesInterest = true
 
     public init(nodeID: String, status: String? = nil) {
         self.nodeID = nodeID
@@ -171,12 +176,23 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             client.metadata["status"] = initial
         }
         client.session = configuration.session
+        let announcer = configuration.announcesInterest ? InterestAnnouncer(router: self.router) : nil
+        if announcer != nil {
+            client.session.extensions.insert(.interest)
+        }
         var admit: (@Sendable (Session) -> String?)?
         if let follower {
             admit = { session in follower.admit(session) }
         }
+        let announcedTarget: @Sendable () async throws -> ReconnectingClient.Target = {
+            var next = try await target()
+            if let announcer {
+                next.helloMetadata[TopicInterest.metadataKey] = announcer.forHello()
+            }
+            return next
+        }
         self.client = ReconnectingClient(
-            target: target,
+            target: announcedTarget,
             admit: admit,
             transport: transport,
             configuration: client,
@@ -185,10 +201,20 @@ public final class Collaborator: Service, MessageRouting, Sendable {
             logger: logger,
             metrics: metrics
         ) { session in
-            // Every connection starts by telling the leader the current status.
+            // Every connection starts by telling the leader the current status, and the
+            // handlers' changes since its HELLO was made.
             if let current = status.withLockedValue({ $0 }) {
                 session.setPingStatus(ByteBuffer(string: current))
                 session.ping()
+            }
+            announcer?.announce(on: session)
+        }
+        if let announcer {
+            let client = self.client
+            self.router.observeHandlerChanges {
+                if let session = client.currentSession {
+                    announcer.announce(on: session)
+                }
             }
         }
     }
@@ -388,6 +414,40 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// has returned.
     public func leave() async {
         await self.client.close()
+    }
+}
+
+/// Tells the leader what a collaborator's router handles (PROTOCOL.md 8.5): in each HELLO, then
+/// with an update on the open session whenever it differs from what the leader was last told.
+final class InterestAnnouncer: Sendable {
+    private let router: Router
+    /// The document the leader was last told (in a HELLO or an update).
+    private let announced = NIOLockedValueBox<String?>(nil)
+
+    init(router: Router) {
+        self.router = router
+    }
+
+    /// The document for the HELLO of a new connection.
+    func forHello() -> String {
+        let document = self.router.interest.encoded()
+        self.announced.withLockedValue { $0 = document }
+        return document
+    }
+
+    /// Sends an update on `session` if what the router handles is not what was last told, and
+    /// the session has `interest` in force.
+    func announce(on session: Session) {
+        guard session.extensions.contains(.interest) else { return }
+        let document = self.router.interest.encoded()
+        let changed = self.announced.withLockedValue { announced in
+            guard announced != document else { return false }
+            announced = document
+            return true
+        }
+        if changed {
+            session.offer(topic: TopicInterest.updateTopic, body: ByteBuffer(string: document))
+        }
     }
 }
 

@@ -21,7 +21,8 @@ public struct LeaderConfiguration: Sendable, Hashable {
     public var allowList: Set<String>?
     /// How long a gone collaborator's record is kept before it is removed.
     public var goneRetention: Duration = .seconds(60)
-    /// The most REQUESTs of one collaborator in handlers at once; beyond, RESOURCE_EXHAUSTED.
+    /// The most REQUESTs of one collaborator in handlers at once; beyond, its further
+    /// messages wait and it is told FLOW SLOW_DOWN (``Router``).
     public var maximumConcurrentRequests = 64
     /// With an election: the address collaborators are told to connect to (`host:port`);
     /// `nil`: the address the leader listens on.
@@ -31,6 +32,9 @@ public struct LeaderConfiguration: Sendable, Hashable {
     public var campaignRetryDelay: Duration = .seconds(1)
     /// Which topics get a label of their own in the request metrics (``RequestMetrics``).
     public var requestMetricsTopics: RequestMetrics.Topics = .handled
+    /// How requests to any collaborator that handles a topic are spread
+    /// (``Leader/request(toAnyHandling:headers:body:timeout:options:)``).
+    public var dispatch = DispatchConfiguration()
 
     public init(host: String = "127.0.0.1", port: Int = 0) {
         self.server = ServerConfiguration(host: host, port: port)
@@ -69,7 +73,7 @@ public final class Leader: Service, MessageRouting, Sendable {
     private let server: SecureMessagingServer
     private let transport: any MessagingTransport
     private let started = NIOLockedValueBox(false)
-    private let state = NIOLockedValueBox(State())
+    let state = NIOLockedValueBox(State())
     /// The handlers by topic (`on(topic:_:)`, `onRequest(topic:_:)`).
     public let router: Router
     /// The coder of typed messages (JSON unless given another).
@@ -79,15 +83,18 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// With an election: 1 while elected, else 0; and the term held (the last one, after).
     private let activeGauge: Gauge
     private let termGauge: Gauge
-    private let logger: Logger
-    private let tracing: MessageTracing
+    let logger: Logger
+    let tracing: MessageTracing
+    let dispatchMetrics: DispatchMetrics
 
-    private struct State {
+    struct State {
         var records: [String: CollaboratorRecord] = [:]
         var sessions: [String: Session] = [:]
         var goneSince: [String: ContinuousClock.Instant] = [:]
         /// The leadership held now (with an election).
         var leadership: Leadership?
+        /// Dispatched requests waiting for a collaborator with room.
+        var dispatch = DispatchState()
     }
 
     public init(
@@ -108,6 +115,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         self.coder = coder
         self.logger = logger
         self.tracing = MessageTracing(configured: tracer)
+        self.dispatchMetrics = DispatchMetrics(factory: metrics.factory)
         self.router = Router(
             maximumConcurrentRequests: configuration.maximumConcurrentRequests,
             logger: logger,
@@ -122,8 +130,11 @@ public final class Leader: Service, MessageRouting, Sendable {
         // The handler refers to the leader, which is not built yet: route through a box. The
         // box holds it weakly: the leader holds the server, which holds this handler.
         let box = WeakBox<Leader>()
+        var server = configuration.server
+        // Collaborators tell which topics they handle (PROTOCOL.md 8.5).
+        server.session.extensions.insert(.interest)
         self.server = SecureMessagingServer(
-            configuration: configuration.server,
+            configuration: server,
             transport: transport,
             group: group,
             logger: logger,
@@ -141,6 +152,15 @@ public final class Leader: Service, MessageRouting, Sendable {
     public var collaborators: [CollaboratorRecord] {
         self.refresh()
         return self.state.withLockedValue { $0.records.values.sorted { $0.nodeID < $1.nodeID } }
+    }
+
+    /// The connected collaborators that handle `topic` (REQUESTs or other messages on it), as
+    /// they announced (``CollaboratorRecord/interest``), by node_id. Those that announced
+    /// nothing are not among them.
+    public func collaborators(handling topic: String) -> [CollaboratorRecord] {
+        self.collaborators.filter { record in
+            record.state != .gone && record.interest?.handles(topic) == true
+        }
     }
 
     /// The sessions open now (collaborators, and connections still saying HELLO or closing).
@@ -190,6 +210,8 @@ public final class Leader: Service, MessageRouting, Sendable {
         try await self.tracing.request(topic: topic, peer: nodeID) {
             try self.requireServing()
             let session = try self.session(of: nodeID)
+            self.outstanding(nodeID, by: 1)
+            defer { self.outstanding(nodeID, by: -1) }
             return try await session.request(
                 topic: topic,
                 headers: self.tracing.headers(headers, on: session),
@@ -248,16 +270,41 @@ public final class Leader: Service, MessageRouting, Sendable {
         try await session.send(topic: topic, headers: self.tracing.headers(headers, on: session), body: body)
     }
 
-    /// Sends DATA to every connected collaborator without waiting on any of them; returns how
-    /// many took it (see `SecureMessagingServer.broadcast(topic:body:)`). With an election, only
-    /// while it leads (0 otherwise).
-    @discardableResult
-    public func broadcast(topic: String, body: ByteBuffer) -> Int {
-        guard self.isServing(at: .now) else { return 0 }
-        return self.server.broadcast(topic: topic, body: body)
+    /// Whom a broadcast reaches.
+    public enum BroadcastReach: Sendable, Hashable {
+        /// The collaborators that handle the topic's messages, as they announced
+        /// (``CollaboratorRecord/interest``), and those that announced nothing.
+        case interested
+        /// Every connected collaborator, whatever it handles.
+        case all
     }
 
-    private func session(of nodeID: String) throws -> Session {
+    /// Sends DATA to the connected collaborators without waiting on any of them; returns how
+    /// many took it. By default it reaches those that handle `topic` (and those that announced
+    /// nothing: an older collaborator); `.all` reaches every one. A collaborator that cannot
+    /// take it now holds it within its session's bound, or is closed as a slow consumer (see
+    /// `Session.offer(topic:body:)`). With an election, only while it leads (0 otherwise).
+    @discardableResult
+    public func broadcast(topic: String, body: ByteBuffer, reach: BroadcastReach = .interested) -> Int {
+        guard self.isServing(at: .now) else { return 0 }
+        let sessions = self.state.withLockedValue { state in
+            state.sessions.compactMap { nodeID, session -> Session? in
+                if reach == .interested, let interest = state.records[nodeID]?.interest,
+                    !interest.handlesMessages(on: topic)
+                {
+                    return nil
+                }
+                return session
+            }
+        }
+        var taken = 0
+        for session in sessions where session.offer(topic: topic, body: body) {
+            taken += 1
+        }
+        return taken
+    }
+
+    func session(of nodeID: String) throws -> Session {
         guard let session = self.state.withLockedValue({ $0.sessions[nodeID] }) else {
             throw MessagingError(.notConnected, "no collaborator \(nodeID) is connected")
         }
@@ -361,8 +408,23 @@ public final class Leader: Service, MessageRouting, Sendable {
             session.refuse(.notAllowed, code: .unauthorized, reason: "node not allowed")
             return
         }
+        let announcesInterest = session.extensions.contains(.interest)
+        var interest: TopicInterest?
+        if announcesInterest, let document = hello.metadata[TopicInterest.metadataKey] {
+            do {
+                interest = try TopicInterest(document: Array(document.utf8))
+            } catch {
+                session.fail(code: .protocolError, reason: "invalid interest announcement")
+                self.logger.warning("a collaborator's HELLO had \(error)", metadata: ["node_id": "\(nodeID)"])
+                return
+            }
+        }
+        var metadata = hello.metadata
+        if announcesInterest {
+            metadata[TopicInterest.metadataKey] = nil
+        }
         let now = ContinuousClock.now
-        let record = CollaboratorRecord(
+        var record = CollaboratorRecord(
             nodeID: nodeID,
             certificateIdentity: session.peerIdentity,
             remoteAddress: session.remoteAddress?.addressText,
@@ -371,9 +433,10 @@ public final class Leader: Service, MessageRouting, Sendable {
             lastSeen: now,
             roundTrip: nil,
             status: hello.metadata["status"],
-            metadata: hello.metadata,
+            metadata: metadata,
             state: .active,
-            sessionID: session.sessionID
+            sessionID: session.sessionID,
+            interest: interest
         )
         // Admitted and recorded in one step, so a step-down either sees this session (and ends
         // it) or comes first (and it is refused here).
@@ -386,9 +449,12 @@ public final class Leader: Service, MessageRouting, Sendable {
                 term = leadership.term
             }
             let old = state.sessions[nodeID]
+            // Requests to its former connection still count until they end.
+            record.outstandingRequests = state.records[nodeID]?.outstandingRequests ?? 0
             state.sessions[nodeID] = session
             state.records[nodeID] = record
             state.goneSince[nodeID] = nil
+            self.serveWaiters(&state)
             return (true, term, old)
         }
         guard admission.admitted else {
@@ -417,7 +483,14 @@ public final class Leader: Service, MessageRouting, Sendable {
         var reason = LeaveReason.graceful
         // Handlers' failures are answered and logged by the router: only the end of the
         // connection ends this.
-        let ended = await self.router.serve(session.messages.map { SessionMessage(message: $0, session: session) })
+        let messages = session.messages.compactMap { message -> SessionMessage? in
+            if announcesInterest, message.topic == TopicInterest.updateTopic, !message.isResponse {
+                self.interestUpdated(nodeID: nodeID, session: session, update: message)
+                return nil
+            }
+            return SessionMessage(message: message, session: session)
+        }
+        let ended = await self.router.serve(messages)
         if !self.isServing(at: .now, term: term) {
             // The messages ended because the leadership did.
             session.fail(code: Self.standbyRefusal.code, reason: Self.standbyRefusal.reason)
@@ -436,10 +509,33 @@ public final class Leader: Service, MessageRouting, Sendable {
             state.sessions[nodeID] = nil
             state.records[nodeID]?.state = .gone
             state.goneSince[nodeID] = ContinuousClock.now
+            self.serveWaiters(&state)
             return true
         }
         if stillCurrent {
             self.eventContinuation.yield(.left(nodeID: nodeID, reason: reason))
+        }
+    }
+
+    /// An `interest` update (PROTOCOL.md 8.5): the record takes it, or the session is closed
+    /// with PROTOCOL_ERROR when it is invalid.
+    private func interestUpdated(nodeID: String, session: Session, update: Message) {
+        let interest: TopicInterest
+        do {
+            interest = try TopicInterest(update: update)
+        } catch {
+            self.logger.warning("a collaborator sent \(error)", metadata: ["node_id": "\(nodeID)"])
+            session.fail(code: .protocolError, reason: "invalid interest announcement")
+            return
+        }
+        let changed = self.state.withLockedValue { state -> Bool in
+            guard state.sessions[nodeID] === session, state.records[nodeID]?.interest != interest else { return false }
+            state.records[nodeID]?.interest = interest
+            self.serveWaiters(&state)
+            return true
+        }
+        if changed {
+            self.eventContinuation.yield(.interestChanged(nodeID: nodeID, interest: interest))
         }
     }
 
@@ -477,6 +573,10 @@ public final class Leader: Service, MessageRouting, Sendable {
             for (nodeID, since) in state.goneSince where now - since >= self.configuration.goneRetention {
                 state.goneSince[nodeID] = nil
                 state.records[nodeID] = nil
+            }
+            if !events.isEmpty {
+                // Who may be dispatched to has changed.
+                self.serveWaiters(&state)
             }
         }
         for event in events {
@@ -517,7 +617,7 @@ extension Leader {
     }
 
     /// Throws unless the leader serves now (with an election: while it leads).
-    private func requireServing() throws {
+    func requireServing() throws {
         guard self.isServing(at: .now) else {
             throw MessagingError(.notConnected, "not the active leader")
         }

@@ -59,12 +59,20 @@ public struct CollaboratorRecord: Sendable, Hashable {
     public var state: CollaboratorState
     /// The session id of its current (or last) connection.
     public var sessionID: String?
+    /// The topics it handles, as it announced them (PROTOCOL.md 8.5); `nil` when it announced
+    /// none (a collaborator without the `interest` extension): it then gets every broadcast,
+    /// and no dispatched request unless ``DispatchOptions/includesUnannounced`` says so.
+    public var interest: TopicInterest?
+    /// The leader's requests to it that await their answer now.
+    public var outstandingRequests: Int = 0
 }
 
 /// A change in membership.
 public enum MembershipEvent: Sendable, Hashable {
     case joined(CollaboratorRecord)
     case statusChanged(nodeID: String, status: String?)
+    /// It announced a change in the topics it handles.
+    case interestChanged(nodeID: String, interest: TopicInterest)
     case suspect(nodeID: String)
     case active(nodeID: String)
     case left(nodeID: String, reason: LeaveReason)

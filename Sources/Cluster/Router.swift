@@ -43,8 +43,12 @@ public struct Response: Sendable {
 /// of ``Leader`` and ``Collaborator``.
 ///
 /// - DATA handlers run one at a time, in the order the messages came, per session.
-/// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session;
-///   beyond that a REQUEST is answered RESOURCE_EXHAUSTED at once.
+/// - REQUEST handlers run concurrently, up to ``maximumConcurrentRequests`` per session. At
+///   that limit the router takes nothing more from the session until a handler ends: the
+///   session's inbound queue fills and its watermarks tell the requester FLOW SLOW_DOWN, so
+///   the requester waits (capacity is backpressure, not a failure). DATA behind the waiting
+///   REQUEST waits with it, in order. A REQUEST whose deadline passed while it waited is
+///   answered DEADLINE_EXCEEDED and its handler not run.
 /// - A REQUEST on a topic with no handler is answered NO_HANDLER. DATA on a topic with no
 ///   handler is dropped, counted (`smsg_unhandled_total`) and logged at notice (at most once
 ///   per ten seconds). An ACK says the message was *taken* (by this router), not handled: a
@@ -66,11 +70,10 @@ public final class Router: Sendable {
     public typealias MessageHandler = @Sendable (Message, HandlerContext) async throws -> Void
     public typealias RequestHandler = @Sendable (Message, HandlerContext) async throws -> Response
 
-    /// The most REQUESTs one session may have in its handlers at once.
+    /// The most REQUESTs one session may have in its handlers at once; at the limit the
+    /// session's further messages wait (see ``Router``).
     public let maximumConcurrentRequests: Int
-    private let handlers = NIOLockedValueBox<(messages: [String: MessageHandler], requests: [String: RequestHandler])>(
-        ([:], [:])
-    )
+    private let handlers = NIOLockedValueBox(Handlers())
     private let logger: Logger
     private let requestFailures: Counter
     private let messageFailures: Counter
@@ -117,14 +120,83 @@ public final class Router: Sendable {
         )
     }
 
-    /// Runs `handler` for every DATA (not REQUEST) on `topic`.
+    /// Runs `handler` for every DATA (not REQUEST) on `topic`: an exact topic, or a pattern
+    /// `P.>` (every topic under `P.`) or `>` (every topic). A message goes to the handler of
+    /// its exact topic, else to that of the longest pattern that matches it.
     public func on(topic: String, _ handler: @escaping MessageHandler) {
-        self.handlers.withLockedValue { $0.messages[topic] = handler }
+        self.changeHandlers { $0.messages[topic] = handler }
     }
 
-    /// Answers every REQUEST on `topic` with what `handler` returns.
+    /// Answers every REQUEST on `topic` (an exact topic or a pattern, as ``on(topic:_:)``) with
+    /// what `handler` returns.
     public func onRequest(topic: String, _ handler: @escaping RequestHandler) {
-        self.handlers.withLockedValue { $0.requests[topic] = handler }
+        self.changeHandlers { $0.requests[topic] = handler }
+    }
+
+    /// Removes the handlers (REQUEST and other DATA) registered for `topic`, exactly as it was
+    /// given; a collaborator tells its leader its new interest.
+    public func removeHandlers(topic: String) {
+        self.changeHandlers {
+            $0.messages[topic] = nil
+            $0.requests[topic] = nil
+        }
+    }
+
+    /// The topics and patterns this router handles, as a collaborator announces them (its
+    /// capacity is ``maximumConcurrentRequests``).
+    public var interest: TopicInterest {
+        self.handlers.withLockedValue { handlers in
+            TopicInterest.announcing(
+                requests: Array(handlers.requests.keys),
+                messages: Array(handlers.messages.keys),
+                capacity: self.maximumConcurrentRequests
+            )
+        }
+    }
+
+    /// Calls `observer` (outside the router's lock) after every change of handlers.
+    package func observeHandlerChanges(_ observer: @escaping @Sendable () -> Void) {
+        self.handlers.withLockedValue { $0.observers.append(observer) }
+    }
+
+    private func changeHandlers(_ change: (inout Handlers) -> Void) {
+        let observers = self.handlers.withLockedValue { handlers in
+            change(&handlers)
+            return handlers.observers
+        }
+        for observer in observers {
+            observer()
+        }
+    }
+
+    /// The handlers by topic or pattern.
+    private struct Handlers {
+        var messages: [String: MessageHandler] = [:]
+        var requests: [String: RequestHandler] = [:]
+        var observers: [@Sendable () -> Void] = []
+
+        func message(for topic: String) -> MessageHandler? {
+            self.messages[topic] ?? Self.longestMatch(in: self.messages, topic: topic)
+        }
+
+        func request(for topic: String) -> RequestHandler? {
+            self.requests[topic] ?? Self.longestMatch(in: self.requests, topic: topic)
+        }
+
+        func handles(_ topic: String) -> Bool {
+            self.message(for: topic) != nil || self.request(for: topic) != nil
+        }
+
+        private static func longestMatch<Handler>(in handlers: [String: Handler], topic: String) -> Handler? {
+            var best: (length: Int, handler: Handler)?
+            for (pattern, handler) in handlers where TopicInterest.isWildcard(pattern) {
+                let length = pattern.utf8.count
+                if length > best?.length ?? -1, TopicInterest.pattern(pattern, matches: topic) {
+                    best = (length, handler)
+                }
+            }
+            return best?.handler
+        }
     }
 
     /// Answers every REQUEST on `topic` with the body `handler` returns.
@@ -142,10 +214,16 @@ public final class Router: Sendable {
     /// Hands the messages of `messages` (each with its session) to the handlers until the
     /// sequence ends; waits for the requests still in handlers (cancelled if their connection
     /// ended). Returns the error that ended the sequence, if any.
+    ///
+    /// Capacity is backpressure: while a session has ``maximumConcurrentRequests`` REQUESTs in
+    /// handlers, nothing more is taken from it until one ends. Its messages wait in the
+    /// session's inbound queue, whose watermarks tell the requester FLOW SLOW_DOWN, so the
+    /// requester's sends wait instead of failing. A REQUEST whose deadline passed while it
+    /// waited is answered DEADLINE_EXCEEDED without running its handler.
     func serve<Messages: AsyncSequence>(
         _ messages: Messages
     ) async -> (any Error)? where Messages.Element == SessionMessage {
-        let inFlight = NIOLockedValueBox([ObjectIdentifier: Int]())
+        let slots = RequestSlots(limit: self.maximumConcurrentRequests)
         return await withDiscardingTaskGroup { group in
             do {
                 for try await received in messages {
@@ -157,23 +235,16 @@ public final class Router: Sendable {
                         continue
                     }
                     let key = ObjectIdentifier(session)
-                    let admitted = inFlight.withLockedValue { counts in
-                        guard counts[key, default: 0] < self.maximumConcurrentRequests else { return false }
-                        counts[key, default: 0] += 1
-                        return true
+                    guard await slots.acquire(key) else {
+                        // Cancelled while waiting: the router is shutting down.
+                        let refusal = RequestError(.unavailable, "the responder is shutting down")
+                        let sent = await self.answer(message, on: session, with: .failure(refusal))
+                        self.served(message, outcome: sent, since: nil)
+                        return nil
                     }
                     group.addTask {
-                        guard admitted else {
-                            let refusal = RequestError(.resourceExhausted, "too many requests in progress")
-                            let sent = await self.answer(message, on: session, with: .failure(refusal))
-                            self.served(message, outcome: sent, since: nil)
-                            return
-                        }
                         await self.handleRequest(message, on: session)
-                        inFlight.withLockedValue { counts in
-                            counts[key, default: 1] -= 1
-                            if counts[key] == 0 { counts[key] = nil }
-                        }
+                        slots.release(key)
                     }
                 }
                 return nil
@@ -208,7 +279,7 @@ public final class Router: Sendable {
     }
 
     private func handleMessage(_ message: Message, on session: Session) async {
-        guard let handler = self.handlers.withLockedValue({ $0.messages[message.topic] }) else {
+        guard let handler = self.handlers.withLockedValue({ $0.message(for: message.topic) }) else {
             self.unhandled(message, on: session)
             return
         }
@@ -234,7 +305,7 @@ public final class Router: Sendable {
     }
 
     private func handleRequest(_ message: Message, on session: Session) async {
-        guard let handler = self.handlers.withLockedValue({ $0.requests[message.topic] }) else {
+        guard let handler = self.handlers.withLockedValue({ $0.request(for: message.topic) }) else {
             let sent = await self.answer(
                 message,
                 on: session,
@@ -256,6 +327,14 @@ public final class Router: Sendable {
     ) async {
         let started = ContinuousClock.now
         let deadline = message.responderDeadline
+        if let deadline, deadline <= started {
+            // It waited for a slot past its deadline: the requester has stopped waiting.
+            span.attributes["smsg.status_code"] = Int(RequestError.Code.deadlineExceeded.rawValue)
+            let failure = RequestError(.deadlineExceeded, "the request's deadline passed before it was served")
+            let sent = await self.answer(message, on: session, with: .failure(failure))
+            self.served(message, outcome: sent, since: started)
+            return
+        }
         let context = self.context(of: message, on: session, deadline: deadline)
         // The handler races the requester's giving up and the deadline. The first to end wins:
         // the answer goes at once, and the others are cancelled (a handler that ignores its
@@ -349,7 +428,7 @@ public final class Router: Sendable {
 
     /// Whether a handler serves `topic` (a REQUEST or DATA handler).
     private func handles(_ topic: String) -> Bool {
-        self.handlers.withLockedValue { $0.requests[topic] != nil || $0.messages[topic] != nil }
+        self.handlers.withLockedValue { $0.handles(topic) }
     }
 
     /// Counts a REQUEST served with `outcome` (`nil`: answered), timed from `since`.

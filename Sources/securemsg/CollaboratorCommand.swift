@@ -60,6 +60,17 @@ struct CollaboratorCommand: AsyncParsableCommand {
     @Option(help: "Application status reported to the leader.")
     var status: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Also answer requests on these topics, comma-separated TOPIC[:MS]: after MS milliseconds (a simulated cost, default 0), with this node's id.",
+            valueName: "topics"
+        )
+    )
+    var serve: String?
+
+    @Option(help: "The most requests from the leader it serves at once (1 to 65535; default 64).")
+    var capacity: String?
+
     @OptionGroup(title: "Logging, heartbeat and key")
     var common: CommonOptions
 
@@ -69,7 +80,8 @@ struct CollaboratorCommand: AsyncParsableCommand {
     /// The settings from flags, environment and config file, checked.
     struct Settings {
         static let keys =
-            ["leader", "id", "cert", "key", "ca", "server_name", "status"] + CommonOptions.keys + ElectionOptions.keys
+            ["leader", "id", "cert", "key", "ca", "server_name", "status", "serve", "capacity"] + CommonOptions.keys
+            + ElectionOptions.keys
 
         var leader: HostPort?
         var id: String
@@ -78,6 +90,9 @@ struct CollaboratorCommand: AsyncParsableCommand {
         var ca: String
         var serverName: String?
         var status: String?
+        /// Topics answered with the node's id, each after its simulated cost.
+        var serve: [ServedTopic] = []
+        var capacity: Int?
         var common = CommonOptions.Values()
         var election: EtcdElectionConfiguration?
         var effective = EffectiveSettings()
@@ -86,7 +101,8 @@ struct CollaboratorCommand: AsyncParsableCommand {
     func settings() async throws -> Settings {
         let flags: [String: String?] = [
             "leader": self.leader, "id": self.id, "cert": self.cert, "key": self.key, "ca": self.ca,
-            "server_name": self.serverName, "status": self.status,
+            "server_name": self.serverName, "status": self.status, "serve": self.serve,
+            "capacity": self.capacity,
         ]
         let source = try await SettingsSource(
             knownKeys: Settings.keys,
@@ -128,6 +144,18 @@ struct CollaboratorCommand: AsyncParsableCommand {
         settings.effective.set("ca", settings.ca)
         settings.effective.set("server_name", settings.serverName)
         settings.effective.set("status", settings.status)
+        settings.serve = try source.parsed("serve", ServedTopic.list) ?? []
+        settings.effective.set(
+            "serve",
+            settings.serve.isEmpty ? nil : settings.serve.map(\.description).joined(separator: ",")
+        )
+        settings.capacity = try source.parsed("capacity") { text in
+            guard let capacity = Int(text), (1...65_535).contains(capacity) else {
+                throw ValidationError("must be a whole number from 1 to 65535, got \"\(text)\"")
+            }
+            return capacity
+        }
+        settings.effective.set("capacity", settings.capacity.map { "\($0)" })
         settings.common = try self.common.values(from: source, effective: &settings.effective)
         return settings
     }
@@ -160,6 +188,9 @@ struct CollaboratorCommand: AsyncParsableCommand {
         if let heartbeat = settings.common.heartbeat {
             configuration.session.heartbeatInterval = heartbeat
         }
+        if let capacity = settings.capacity {
+            configuration.maximumConcurrentRequests = capacity
+        }
         let collaborator: Collaborator
         var etcd: EtcdLeaderElection?
         if let address = settings.leader {
@@ -186,6 +217,15 @@ struct CollaboratorCommand: AsyncParsableCommand {
         }
         let id = settings.id
         collaborator.onRequest(topic: "ping") { _, _ in ByteBuffer(string: "pong from \(id)") }
+        for served in settings.serve {
+            let cost = served.cost
+            collaborator.onRequest(topic: served.topic) { _, _ in
+                if cost > .zero {
+                    try await Task.sleep(for: cost)
+                }
+                return ByteBuffer(string: id)
+            }
+        }
         collaborator.on(topic: "broadcast") { message, _ in
             print("\(id): broadcast: \(String(buffer: message.body))")
             fflush(nil)
@@ -213,6 +253,38 @@ struct CollaboratorCommand: AsyncParsableCommand {
             // last events first, then the error, and a non-zero exit.
             await printing.value
             throw error
+        }
+    }
+
+    /// A topic `--serve` answers, and its simulated cost.
+    struct ServedTopic: CustomStringConvertible {
+        var topic: String
+        var cost: Duration
+
+        var description: String {
+            let milliseconds = self.cost / .milliseconds(1)
+            return milliseconds > 0 ? "\(self.topic):\(Int(milliseconds.rounded()))" : self.topic
+        }
+
+        /// Reads `TOPIC[:MS],…`.
+        static func list(_ text: String) throws -> [ServedTopic] {
+            try text.split(separator: ",", omittingEmptySubsequences: false).map { item in
+                let parts = item.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+                let topic = String(parts[0]).trimmingCharacters(in: .whitespaces)
+                guard TopicInterest.isValidPattern(topic) else {
+                    throw ValidationError("each topic must be 1 to 255 bytes, in TOPIC[:MS],… (got \"\(text)\")")
+                }
+                var cost = Duration.zero
+                if parts.count == 2 {
+                    guard let milliseconds = Int(parts[1]), (0...3_600_000).contains(milliseconds) else {
+                        throw ValidationError(
+                            "the cost after \"\(topic):\" must be milliseconds from 0 to 3600000 (got \"\(parts[1])\")"
+                        )
+                    }
+                    cost = .milliseconds(milliseconds)
+                }
+                return ServedTopic(topic: topic, cost: cost)
+            }
         }
     }
 

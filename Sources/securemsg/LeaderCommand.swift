@@ -294,6 +294,8 @@ enum MembershipTable {
             return "joined \(record.nodeID)\(identity)\(status) from \(record.remoteAddress ?? "?")"
         case .statusChanged(let nodeID, let status):
             return "status \(nodeID) \(status ?? "-")"
+        case .interestChanged(let nodeID, let interest):
+            return "interest \(nodeID) \(interest)"
         case .suspect(let nodeID):
             return "suspect \(nodeID)"
         case .active(let nodeID):
@@ -319,7 +321,8 @@ enum MembershipTable {
             "id".padding(toLength: 20, withPad: " ", startingAt: 0)
             + "state".padding(toLength: 9, withPad: " ", startingAt: 0)
             + "status".padding(toLength: 16, withPad: " ", startingAt: 0)
-            + "rtt".padding(toLength: 12, withPad: " ", startingAt: 0) + "last seen\n"
+            + "rtt".padding(toLength: 12, withPad: " ", startingAt: 0)
+            + "out".padding(toLength: 6, withPad: " ", startingAt: 0) + "last seen\n"
         let now = ContinuousClock.now
         for record in records {
             let rtt = record.roundTrip.map(Self.describe(roundTrip:)) ?? "-"
@@ -329,6 +332,7 @@ enum MembershipTable {
                 + record.state.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)
                 + (record.status ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0)
                 + rtt.padding(toLength: 12, withPad: " ", startingAt: 0)
+                + "\(record.outstandingRequests)".padding(toLength: 6, withPad: " ", startingAt: 0)
                 + "\(seen.components.seconds) s ago\n"
         }
         return text

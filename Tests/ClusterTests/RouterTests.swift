@@ -238,36 +238,40 @@ struct RouterTests {
         }
     }
 
-    @Test("requests beyond the concurrency limit are answered RESOURCE_EXHAUSTED at once")
+    @Test("requests beyond the concurrency limit wait for a slot instead of failing")
     func concurrencyLimit() async throws {
         let gate = NIOLockedValueBox(false)
-        let started = NIOLockedValueBox(0)
+        let running = NIOLockedValueBox((now: 0, most: 0, started: 0))
         let configure: (inout LeaderConfiguration) -> Void = { $0.maximumConcurrentRequests = 2 }
         try await withLeader(heartbeat: .seconds(1), configure: configure) { leader, port, _ in
             leader.onRequest(topic: "hold") { _, _ -> ByteBuffer in
-                started.withLockedValue { $0 += 1 }
+                running.withLockedValue {
+                    $0.now += 1
+                    $0.started += 1
+                    $0.most = max($0.most, $0.now)
+                }
+                defer { running.withLockedValue { $0.now -= 1 } }
                 while !gate.withLockedValue({ $0 }) {
                     try await Task.sleep(for: .milliseconds(10))
                 }
                 return ByteBuffer(string: "done")
             }
-            let (collaborator, running) = try await startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
-            let held = (0..<2).map { _ in
+            let (collaborator, task) = try await startCollaborator("collab-1", port: port, heartbeat: .seconds(1))
+            let held = (0..<5).map { _ in
                 Task { try await collaborator.request(topic: "hold", body: ByteBuffer(), timeout: .seconds(30)) }
             }
-            await eventually("two in handlers") { started.withLockedValue { $0 } == 2 }
-            await #expect(throws: RequestError(.resourceExhausted, "too many requests in progress")) {
-                try await collaborator.request(topic: "hold", body: ByteBuffer(), timeout: .seconds(30))
-            }
+            await eventually("two in handlers") { running.withLockedValue { $0.started } == 2 }
+            // The other three wait: none is answered, none starts.
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(running.withLockedValue { $0.started } == 2)
             gate.withLockedValue { $0 = true }
             for task in held {
                 #expect(String(buffer: try await task.value.body) == "done")
             }
-            // Room again once they are done.
-            let again = try await collaborator.request(topic: "hold", body: ByteBuffer(), timeout: .seconds(30))
-            #expect(String(buffer: again.body) == "done")
+            #expect(running.withLockedValue { $0.most } == 2, "never more than the limit at once")
+            #expect(running.withLockedValue { $0.started } == 5)
             await collaborator.leave()
-            try await running.value
+            try await task.value
         }
     }
 }

@@ -25,6 +25,8 @@ public enum MetricDescriptions {
         "smsg_request_duration_seconds":
             "Time from a request's arrival to its answer (served) or from the call to its outcome (made).",
         "smsg_unhandled_total": "DATA messages dropped because no handler serves their topic.",
+        "smsg_dispatch_retries_total": "Dispatched idempotent requests tried again on another collaborator.",
+        "smsg_dispatch_waiting": "Dispatched requests waiting for a collaborator with room.",
         "smsg_pool_in_use": "Pooled connections lent out now.",
         "smsg_pool_idle": "Pooled connections open and free now.",
         "smsg_pool_waiters": "Tasks waiting for a pooled connection.",

@@ -2,7 +2,7 @@
 ///
 /// Numbers keep the distinction smsg/1 needs: a number with no fraction or exponent that fits
 /// `Int64` is an ``integer(_:)``; every other number is kept as its text in ``number(_:)``.
-enum JSONValue: Hashable, Sendable {
+package enum JSONValue: Hashable, Sendable {
     /// An object. For duplicate keys the last one wins.
     case object([String: JSONValue])
     /// An array.
@@ -28,7 +28,7 @@ enum JSONValue: Hashable, Sendable {
     /// The input must be UTF-8 (no overlong forms, no encoded surrogates); anything RFC 8259
     /// does not allow is rejected, including comments, trailing commas, leading zeros, `NaN`
     /// and unpaired surrogate escapes, as is nesting deeper than ``maximumDepth``.
-    static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
+    package static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
         var parser = JSONParser(bytes: Array(bytes))
         return try parser.parseDocument()
     }
@@ -48,7 +48,7 @@ enum JSONValue: Hashable, Sendable {
 
     /// The compact JSON text of this value: no whitespace, object keys sorted, strings escaped
     /// (`"`, `\` and control characters; everything else as UTF-8).
-    func serialized() -> String {
+    package func serialized() -> String {
         var output: [UInt8] = []
         self.serialize(into: &output)
         return String(decoding: output, as: UTF8.self)
@@ -124,13 +124,13 @@ enum JSONValue: Hashable, Sendable {
 }
 
 /// Why ``JSONValue/parse(_:)`` rejected its input.
-struct JSONParseError: Error, Hashable, Sendable, CustomStringConvertible {
+package struct JSONParseError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The offset in bytes of the problem in the input.
     var offset: Int
     /// What is wrong, in a few words; never quotes the input.
     var message: String
 
-    var description: String {
+    package var description: String {
         "\(self.message) at byte \(self.offset)"
     }
 }

@@ -13,12 +13,17 @@ public struct ProtocolExtensions: OptionSet, Hashable, Sendable, CustomStringCon
     public static let status = ProtocolExtensions(rawValue: 1 << 1)
     /// `cancel`: abandoning a request (frame type 0x09, CANCEL).
     public static let cancel = ProtocolExtensions(rawValue: 1 << 2)
+    /// `interest`: the topics a side handles (HELLO metadata `smsg-interest`, DATA on
+    /// `smsg.interest`). Its meaning is the Cluster layer's: only a leader and a collaborator
+    /// list it, so a plain session never gets an announcement it would hand to its application.
+    public static let interest = ProtocolExtensions(rawValue: 1 << 3)
 
-    /// Every extension this implementation supports: what our HELLOs list by default.
+    /// The session layer's extensions: what our HELLOs list by default. (``interest`` is
+    /// added by the Cluster layer's leader and collaborator.)
     public static let all: ProtocolExtensions = [.headers, .status, .cancel]
 
     static let named: [(String, ProtocolExtensions)] = [
-        ("headers", .headers), ("status", .status), ("cancel", .cancel),
+        ("headers", .headers), ("status", .status), ("cancel", .cancel), ("interest", .interest),
     ]
 
     /// The names, in the order PROTOCOL.md gives them.

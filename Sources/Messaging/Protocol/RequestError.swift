@@ -93,6 +93,13 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
     /// responder's FAILED answer.
     public var cause: (any Error)?
 
+    /// Whether the request may have been served although it failed, where this side knows:
+    /// `true` when it was lost with its connection after it may have been sent (it may have
+    /// run), `false` when the responder refused it before running it (NO_HANDLER,
+    /// RESOURCE_EXHAUSTED). Set by a leader's dispatch (`Leader.request(toAnyHandling:…)`);
+    /// `nil` elsewhere. Not compared.
+    public var mayHaveRun: Bool?
+
     /// Where an outcome came from.
     package enum Origin: Sendable {
         /// Made by the application (a handler's choice, or a `RequestErrorConvertible`).

@@ -51,11 +51,14 @@ public final class ReconnectingClient: Service, Sendable {
         package var port: Int
         /// The name the server's certificate must carry; `nil`: `host`.
         package var serverHostname: String?
+        /// HELLO metadata for this attempt, over the configuration's.
+        package var helloMetadata: [String: String]
 
-        package init(host: String, port: Int, serverHostname: String?) {
+        package init(host: String, port: Int, serverHostname: String?, helloMetadata: [String: String] = [:]) {
             self.host = host
             self.port = port
             self.serverHostname = serverHostname
+            self.helloMetadata = helloMetadata
         }
     }
 
@@ -515,12 +518,14 @@ public final class ReconnectingClient: Service, Sendable {
         while !self.state.withLockedValue({ $0.stopped }) {
             do {
                 let target = try await self.target()
+                var configuration = self.configuration
+                configuration.metadata.merge(target.helloMetadata) { _, attempt in attempt }
                 let client = try await SecureClient.connect(
                     host: target.host,
                     port: target.port,
                     transport: self.transport,
                     serverHostname: target.serverHostname,
-                    configuration: self.configuration,
+                    configuration: configuration,
                     group: self.group,
                     logger: self.logger,
                     metrics: self.metrics
