@@ -20,8 +20,11 @@ public struct DispatchConfiguration: Sendable, Hashable {
 public struct DispatchOptions: Sendable {
     /// Which collaborator a request goes to.
     public enum Affinity: Sendable, Hashable {
-        /// The one with the fewest outstanding requests for its capacity (ties: the shorter
-        /// round trip, then in turn).
+        /// The one with the fewest outstanding requests for its capacity, in steps of an
+        /// eighth of it (ties: a clearly shorter round trip, then in turn). A collaborator whose recent answers take more
+        /// than twice the median of the others' counts (1 + outstanding / capacity) times that
+        /// ratio, its expected answer time: one ten times slower is chosen only when the others
+        /// are nearly full.
         case leastOutstanding
         /// Always the same one for the same key while it stays eligible (rendezvous hashing
         /// over the eligible collaborators): a join or a leave moves only the keys of the
@@ -90,8 +93,9 @@ struct DispatchSelection {
         record.interest?.capacity ?? self.defaultCapacity
     }
 
-    /// Chooses among `records` (the connected ones); `turn` rotates the order of ties.
-    func choose(among records: [CollaboratorRecord], turn: Int) -> Choice {
+    /// Chooses among `records` (the connected ones); `turn` rotates the order of ties;
+    /// `answerTimes` holds each collaborator's recent answer time, where known.
+    func choose(among records: [CollaboratorRecord], turn: Int, answerTimes: [String: Duration] = [:]) -> Choice {
         let eligible = records.filter(self.isEligible).sorted { $0.nodeID < $1.nodeID }
         guard !eligible.isEmpty else { return .none }
         switch self.options.affinity {
@@ -101,25 +105,61 @@ struct DispatchSelection {
             }!
             return owner.outstandingRequests < self.capacity(of: owner) ? .chosen(owner.nodeID) : .busy
         case .leastOutstanding:
-            var best: CollaboratorRecord?
+            let slowness = Self.slowness(of: eligible.map(\.nodeID), answerTimes: answerTimes)
+            var best: (record: CollaboratorRecord, load: Double)?
             for offset in eligible.indices {
                 let record = eligible[(offset + turn) % eligible.count]
                 guard record.outstandingRequests < self.capacity(of: record) else { continue }
-                if let current = best, !self.isBetter(record, than: current) { continue }
-                best = record
+                let load =
+                    (1 + Self.loadStep(record.outstandingRequests, capacity: self.capacity(of: record)))
+                    * slowness[record.nodeID, default: 1]
+                if let current = best, !Self.isBetter(record, load, than: current.record, current.load) { continue }
+                best = (record, load)
             }
-            return best.map { .chosen($0.nodeID) } ?? .busy
+            return best.map { .chosen($0.record.nodeID) } ?? .busy
         }
     }
 
-    /// Fewer outstanding requests for its capacity; at equal load, a clearly shorter round
-    /// trip (by more than a fifth and a millisecond); otherwise not better (the turn decides).
-    private func isBetter(_ record: CollaboratorRecord, than other: CollaboratorRecord) -> Bool {
-        let load = record.outstandingRequests * self.capacity(of: other)
-        let otherLoad = other.outstandingRequests * self.capacity(of: record)
+    /// Outstanding requests over capacity, in eighths (rounded down): loads closer than an
+    /// eighth of capacity are equal, so members that answer alike take turns instead of
+    /// chasing each other's momentary counts.
+    static func loadStep(_ outstanding: Int, capacity: Int) -> Double {
+        Double(8 * outstanding / capacity) / 8
+    }
+
+    /// Lower load: the expected answer time, as its slowness times one plus its load step
+    /// (for members that answer alike, least outstanding for its capacity); at equal load, a
+    /// clearly shorter PING round trip (by more than a fifth and a millisecond); otherwise not
+    /// better (the turn decides).
+    private static func isBetter(
+        _ record: CollaboratorRecord,
+        _ load: Double,
+        than other: CollaboratorRecord,
+        _ otherLoad: Double
+    ) -> Bool {
         if load != otherLoad { return load < otherLoad }
         guard let roundTrip = record.roundTrip, let otherRoundTrip = other.roundTrip else { return false }
         return roundTrip + .milliseconds(1) < otherRoundTrip && roundTrip * 5 < otherRoundTrip * 4
+    }
+
+    /// How much slower than its peers each collaborator answers, as a factor of its load: its
+    /// recent answer time over the median of theirs when that is more than twice, else 1 — so
+    /// equal members share evenly, and one that answers ten times slower is chosen only when
+    /// the others are full.
+    static func slowness(of nodeIDs: [String], answerTimes: [String: Duration]) -> [String: Double] {
+        let known = nodeIDs.compactMap { answerTimes[$0] }.sorted()
+        guard known.count >= 2 else { return [:] }
+        let median = known[known.count / 2]
+        guard median > .zero else { return [:] }
+        var slowness: [String: Double] = [:]
+        for nodeID in nodeIDs {
+            guard let time = answerTimes[nodeID] else { continue }
+            let factor = time / median
+            if factor > 2 {
+                slowness[nodeID] = factor
+            }
+        }
+        return slowness
     }
 
     /// The rendezvous weight of `nodeID` for `key`: FNV-1a over both, then a 64-bit mix, the
@@ -163,6 +203,36 @@ struct DispatchState {
     var nextID: UInt64 = 0
     /// Rotates the order in which equally loaded collaborators are tried.
     var turn = 0
+    /// Each collaborator's recent answer time (an average weighted to the latest), and when it
+    /// last answered.
+    var answerTimes: [String: (average: Duration, at: ContinuousClock.Instant)] = [:]
+
+    /// How long an answer time counts: one that old is forgotten, so a collaborator that
+    /// was slow gets requests again and shows how it answers now.
+    static let answerTimeMemory = Duration.seconds(5)
+
+    /// Takes an answer time of `nodeID` into its average.
+    mutating func answered(_ nodeID: String, after time: Duration, at now: ContinuousClock.Instant) {
+        if let (average, at) = self.answerTimes[nodeID], now - at < Self.answerTimeMemory {
+            self.answerTimes[nodeID] = (average * 0.8 + time * 0.2, now)
+        } else {
+            self.answerTimes[nodeID] = (time, now)
+        }
+    }
+
+    /// Forgets what was learnt of `nodeID` (its record is gone).
+    mutating func forget(_ nodeID: String) {
+        self.answerTimes[nodeID] = nil
+    }
+
+    /// The answer times recent enough to count at `now`.
+    func recentAnswerTimes(at now: ContinuousClock.Instant) -> [String: Duration] {
+        var recent: [String: Duration] = [:]
+        for (nodeID, (average, at)) in self.answerTimes where now - at < Self.answerTimeMemory {
+            recent[nodeID] = average
+        }
+        return recent
+    }
 }
 
 /// The dispatch's own metrics.
@@ -307,19 +377,29 @@ extension Leader {
         body: ByteBuffer,
         deadline: ContinuousClock.Instant
     ) async throws -> Message {
-        defer { self.outstanding(nodeID, by: -1) }
+        let started = ContinuousClock.now
+        var answered = false
+        defer { self.outstanding(nodeID, by: -1, answeredAfter: answered ? ContinuousClock.now - started : nil) }
         self.logger.debug(
             "dispatching a request",
             metadata: ["topic": "\(topic)", "node_id": "\(nodeID)", "attempt": "\(attempt)"]
         )
-        return try await self.tracing.request(topic: topic, peer: nodeID) {
-            let session = try self.session(of: nodeID)
-            return try await session.request(
-                topic: topic,
-                headers: self.tracing.headers(headers, on: session),
-                body: body,
-                timeout: max(deadline - ContinuousClock.now, .zero)
-            )
+        do {
+            let answer = try await self.tracing.request(topic: topic, peer: nodeID) {
+                let session = try self.session(of: nodeID)
+                return try await session.request(
+                    topic: topic,
+                    headers: self.tracing.headers(headers, on: session),
+                    body: body,
+                    timeout: max(deadline - ContinuousClock.now, .zero)
+                )
+            }
+            answered = true
+            return answer
+        } catch let error as RequestError {
+            // The collaborator's own answer (a refusal included) says how fast it is too.
+            answered = error.origin == .received
+            throw error
         }
     }
 
@@ -446,19 +526,26 @@ extension Leader {
     private func choose(_ selection: DispatchSelection, _ state: inout State) -> DispatchSelection.Choice {
         let connected = state.sessions.keys.compactMap { state.records[$0] }
         state.dispatch.turn &+= 1
-        let choice = selection.choose(among: connected, turn: state.dispatch.turn & Int.max)
+        let choice = selection.choose(
+            among: connected,
+            turn: state.dispatch.turn & Int.max,
+            answerTimes: state.dispatch.recentAnswerTimes(at: .now)
+        )
         if case .chosen(let nodeID) = choice {
             state.records[nodeID]?.outstandingRequests += 1
         }
         return choice
     }
 
-    /// Counts a request to `nodeID` starting (`1`) or ending (`-1`); an end may let a waiting
-    /// dispatch go.
-    func outstanding(_ nodeID: String, by change: Int) {
+    /// Counts a request to `nodeID` starting (`1`) or ending (`-1`, with the time its answer
+    /// took when one came); an end may let a waiting dispatch go.
+    func outstanding(_ nodeID: String, by change: Int, answeredAfter answerTime: Duration? = nil) {
         self.state.withLockedValue { state in
             if state.records[nodeID] != nil {
                 state.records[nodeID]!.outstandingRequests = max(0, state.records[nodeID]!.outstandingRequests + change)
+            }
+            if let answerTime {
+                state.dispatch.answered(nodeID, after: answerTime, at: .now)
             }
             if change < 0 {
                 self.serveWaiters(&state, once: true)

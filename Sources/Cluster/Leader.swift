@@ -573,6 +573,7 @@ public final class Leader: Service, MessageRouting, Sendable {
             for (nodeID, since) in state.goneSince where now - since >= self.configuration.goneRetention {
                 state.goneSince[nodeID] = nil
                 state.records[nodeID] = nil
+                state.dispatch.forget(nodeID)
             }
             if !events.isEmpty {
                 // Who may be dispatched to has changed.

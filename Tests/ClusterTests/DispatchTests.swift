@@ -272,6 +272,35 @@ struct DispatchSelectionTests {
         let even = [self.record("a", rtt: .microseconds(200)), self.record("b", rtt: .microseconds(300))]
         let picks = (0..<100).map { self.selection().choose(among: even, turn: $0) }
         #expect(picks.filter { $0 == .chosen("a") }.count == 50)
+        // Loads within an eighth of capacity are equal: 3 and 7 of 64 are one step, and take turns.
+        let close = [self.record("a", outstanding: 3), self.record("b", outstanding: 7)]
+        #expect(self.selection().choose(among: close, turn: 0) == .chosen("a"))
+        #expect(self.selection().choose(among: close, turn: 1) == .chosen("b"))
+        #expect(
+            self.selection().choose(among: [self.record("a", outstanding: 8), self.record("b")], turn: 0)
+                == .chosen("b")
+        )
+    }
+
+    @Test("a member that answers far slower than the others counts its load times its slowness")
+    func slowMember() {
+        let times: [String: Duration] = [
+            "a": .milliseconds(2), "b": .milliseconds(3), "c": .milliseconds(2), "d": .milliseconds(2),
+            "slow": .milliseconds(20),
+        ]
+        let slowness = DispatchSelection.slowness(of: ["a", "b", "c", "d", "slow"], answerTimes: times)
+        #expect(slowness.keys.sorted() == ["slow"], "within twice the median: no penalty")
+        #expect(slowness["slow"] == 10)
+        // The slow one is not chosen while a fast one has room.
+        let idle = ["a", "b", "c", "d", "slow"].map { self.record($0) }
+        for turn in 0..<8 {
+            #expect(self.selection().choose(among: idle, turn: turn, answerTimes: times) != .chosen("slow"))
+        }
+        // Chosen when the others' load is ten times its own: (1 + 60/64) × 1 < 10, not yet.
+        let busy = ["a", "b", "c", "d"].map { self.record($0, outstanding: 60) } + [self.record("slow")]
+        #expect(self.selection().choose(among: busy, turn: 0, answerTimes: times) != .chosen("slow"))
+        let full = ["a", "b", "c", "d"].map { self.record($0, outstanding: 64) } + [self.record("slow")]
+        #expect(self.selection().choose(among: full, turn: 0, answerTimes: times) == .chosen("slow"))
     }
 
     @Test("eligibility: active, handles the topic, announced (unless included), the predicate, not excluded")
