@@ -298,6 +298,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         body: ByteBuffer,
         ackRequested: Bool = false
     ) async throws {
+        try TopicInterest.refuseReserved(topic)
         let tracing = self.tracing
         try await self.client.send(
             topic: topic,
@@ -311,6 +312,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
     /// came), repeating it across reconnects until then; throws if the collaborator leaves
     /// first. See `ReconnectingClient.sendAcknowledged(topic:body:)`.
     public func sendAcknowledged(topic: String, body: ByteBuffer) async throws {
+        try TopicInterest.refuseReserved(topic)
         try await self.client.sendAcknowledged(topic: topic, body: body)
     }
 
@@ -342,6 +344,7 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         timeout: Duration?
     ) async throws -> Message {
         try await self.tracing.request(topic: topic, peer: nil) {
+            try TopicInterest.refuseReserved(topic)
             let tracing = self.tracing
             return try await self.client.request(
                 topic: topic,
@@ -371,7 +374,20 @@ public final class Collaborator: Service, MessageRouting, Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             // Handlers' failures are answered and logged by the router: it ends only when the
             // client does.
-            group.addTask { _ = await self.router.serve(self.client.messages) }
+            group.addTask {
+                // A leader never announces interest: an announcement from it breaks PROTOCOL.md
+                // 8.5 (where the extension is in force).
+                let messages = self.client.messages.compactMap { received -> SessionMessage? in
+                    if received.message.topic == TopicInterest.updateTopic,
+                        received.session.extensions.contains(.interest)
+                    {
+                        received.session.fail(code: .protocolError, reason: "invalid interest announcement")
+                        return nil
+                    }
+                    return received
+                }
+                _ = await self.router.serve(messages)
+            }
             group.addTask { await self.announceStatusChanges() }
             if let follower = self.follower {
                 group.addTask { await self.follow(follower) }
@@ -430,22 +446,24 @@ final class InterestAnnouncer: Sendable {
 
     /// The document for the HELLO of a new connection.
     func forHello() -> String {
-        let document = self.router.interest.encoded()
-        self.announced.withLockedValue { $0 = document }
-        return document
+        self.announced.withLockedValue { announced in
+            let document = self.router.interest.encoded()
+            announced = document
+            return document
+        }
     }
 
     /// Sends an update on `session` if what the router handles is not what was last told, and
     /// the session has `interest` in force.
     func announce(on session: Session) {
         guard session.extensions.contains(.interest) else { return }
-        let document = self.router.interest.encoded()
-        let changed = self.announced.withLockedValue { announced in
-            guard announced != document else { return false }
+        self.announced.withLockedValue { announced in
+            // Read under the lock too: a change decided later is never sent first.
+            let document = self.router.interest.encoded()
+            guard announced != document else { return }
             announced = document
-            return true
-        }
-        if changed {
+            // Under the lock: two changes at once go out in the order they were decided, so
+            // the leader's last word is the latest (offer only queues it on the event loop).
             session.offer(topic: TopicInterest.updateTopic, body: ByteBuffer(string: document))
         }
     }

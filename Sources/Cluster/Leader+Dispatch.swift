@@ -143,18 +143,20 @@ struct DispatchSelection {
     }
 
     /// How much slower than its peers each collaborator answers, as a factor of its load: its
-    /// recent answer time over the median of theirs when that is more than twice, else 1 — so
-    /// equal members share evenly, and one that answers ten times slower is chosen only when
-    /// the others are full.
+    /// recent answer time over the median of the others' when that is more than twice, else 1
+    /// — so equal members share evenly, and one that answers ten times slower is chosen only
+    /// when the others are nearly full.
     static func slowness(of nodeIDs: [String], answerTimes: [String: Duration]) -> [String: Double] {
-        let known = nodeIDs.compactMap { answerTimes[$0] }.sorted()
+        let known = nodeIDs.compactMap { nodeID in answerTimes[nodeID].map { (nodeID, $0) } }.sorted { $0.1 < $1.1 }
         guard known.count >= 2 else { return [:] }
-        let median = known[known.count / 2]
-        guard median > .zero else { return [:] }
+        // Without the member at `position`, the median of the rest (of count - 1) sits at
+        // `middle` of them: one further on in the full list when it is at or after it.
+        let middle = (known.count - 1) / 2
         var slowness: [String: Double] = [:]
-        for nodeID in nodeIDs {
-            guard let time = answerTimes[nodeID] else { continue }
-            let factor = time / median
+        for (position, (nodeID, time)) in known.enumerated() {
+            let othersMedian = known[position <= middle ? middle + 1 : middle].1
+            guard othersMedian > .zero else { continue }
+            let factor = time / othersMedian
             if factor > 2 {
                 slowness[nodeID] = factor
             }
@@ -198,6 +200,8 @@ struct DispatchState {
     }
 
     var waiters: [UInt64: Ticket] = [:]
+    /// The waiters in the queue now (`order` may still hold the ids of some that left).
+    var waitingCount = 0
     /// Waiter ids in arrival order (ids of waiters gone meanwhile are skipped).
     var order: [UInt64] = []
     var nextID: UInt64 = 0
@@ -218,6 +222,29 @@ struct DispatchState {
         } else {
             self.answerTimes[nodeID] = (time, now)
         }
+    }
+
+    /// Puts a waiter at the end of the queue.
+    mutating func enqueue(_ id: UInt64, _ waiter: Waiter) {
+        self.waiters[id] = .waiting(waiter)
+        self.order.append(id)
+        self.waitingCount += 1
+    }
+
+    /// Takes waiter `id` out of the queue, if it is in it.
+    mutating func takeWaiter(_ id: UInt64) -> Waiter? {
+        guard case .waiting(let waiter)? = self.waiters[id] else { return nil }
+        self.waiters[id] = nil
+        self.waitingCount -= 1
+        if self.order.count > 2 * self.waitingCount + 64 {
+            // Many left without being served: drop their ids.
+            let waiters = self.waiters
+            self.order.removeAll { id in
+                guard case .waiting? = waiters[id] else { return true }
+                return false
+            }
+        }
+        return waiter
     }
 
     /// Forgets what was learnt of `nodeID` (its record is gone).
@@ -262,11 +289,17 @@ extension Leader {
     /// on another within the same deadline. Each attempt runs in a client span naming the
     /// collaborator chosen, and is logged at debug with it.
     ///
-    /// - Parameter timeout: covers the whole request, waiting and attempts included; by
-    ///   default the session's `requestTimeout`.
+    /// - Parameters:
+    ///   - topic: the topic of the request, and which collaborators may take it.
+    ///   - headers: sent where the collaborator has the `headers` extension, with the trace
+    ///     context.
+    ///   - body: the request's body.
+    ///   - timeout: covers the whole request, waiting and attempts included; by default the
+    ///     session's `requestTimeout`.
+    ///   - options: affinity, idempotence and eligibility.
     /// - Throws: `RequestError`: the collaborator's code when it did not serve it;
     ///   `unavailable` when no collaborator is eligible, or (not idempotent) the one chosen was
-    ///   lost before answering — ``RequestError/mayHaveRun`` says whether it may have run;
+    ///   lost before answering — `RequestError.mayHaveRun` says whether it may have run;
     ///   `resourceExhausted` when the queue is full, or no collaborator had room before the
     ///   deadline; `deadlineExceeded` when the answer did not come in time; `cancelled` when
     ///   the calling task is.
@@ -313,6 +346,7 @@ extension Leader {
         timeout: Duration?,
         options: DispatchOptions
     ) async throws -> Message {
+        try TopicInterest.refuseReserved(topic)
         try self.requireServing()
         let deadline = ContinuousClock.now + (timeout ?? self.configuration.server.session.requestTimeout)
         var selection = DispatchSelection(
@@ -343,11 +377,13 @@ extension Leader {
                 )
             } catch {
                 var failure = RequestError(endingRequest: error)
-                let lost = failure.code == .unavailable && failure.origin == .ended
-                switch failure.code {
-                case .noHandler, .resourceExhausted: failure.mayHaveRun = false
-                case .unavailable: failure.mayHaveRun = true
-                default: break
+                let lost = Self.lostAfterSending(failure)
+                if lost {
+                    failure.mayHaveRun = true
+                } else if failure.origin == .received, [.noHandler, .resourceExhausted].contains(failure.code) {
+                    failure.mayHaveRun = false
+                } else if Self.neverSent(failure) {
+                    failure.mayHaveRun = false
                 }
                 guard options.idempotent, attempt < options.maximumAttempts, ContinuousClock.now < deadline,
                     [.unavailable, .resourceExhausted, .noHandler].contains(failure.code)
@@ -366,6 +402,19 @@ extension Leader {
                 lastFailure = failure
             }
         }
+    }
+
+    /// Whether `failure` is a request lost with its connection after it may have gone out.
+    private static func lostAfterSending(_ failure: RequestError) -> Bool {
+        guard failure.code == .unavailable, failure.origin == .ended else { return false }
+        let cause = failure.cause as? MessagingError
+        return [.connectionClosed, .peerError, .protocolViolation].contains(cause?.code)
+    }
+
+    /// Whether `failure` ended a request before it could go out (no connection, or not open).
+    private static func neverSent(_ failure: RequestError) -> Bool {
+        guard failure.origin == .ended, let cause = failure.cause as? MessagingError else { return false }
+        return [.notConnected, .notOpen, .closing].contains(cause.code)
     }
 
     /// One attempt on `nodeID`, whose slot the caller holds: released when it ends.
@@ -445,18 +494,15 @@ extension Leader {
                 try await self.waitInQueue(id: id, selection: selection)
             }
             group.addTask {
-                try await Task.sleep(until: deadline, clock: .continuous)
+                // Cancelled (the wait ended, or the caller's task was cancelled): the wait
+                // itself says how it ended, and a collaborator it was given is not lost.
+                guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return nil }
                 let waiter = self.state.withLockedValue { state -> CheckedContinuation<String, any Error>? in
-                    switch state.dispatch.waiters[id] {
-                    case .pending?:
+                    if case .pending? = state.dispatch.waiters[id] {
                         state.dispatch.waiters[id] = .expired
                         return nil
-                    case .waiting(let waiter)?:
-                        state.dispatch.waiters[id] = nil
-                        return waiter.continuation
-                    case .expired?, nil:
-                        return nil
                     }
+                    return state.dispatch.takeWaiter(id)?.continuation
                 }
                 waiter?.resume(throwing: Self.noRoom(selection.topic))
                 return nil
@@ -483,16 +529,13 @@ extension Leader {
                         state.dispatch.waiters[id] = nil
                         return .failure(CancellationError())
                     }
-                    guard state.dispatch.order.count < self.configuration.dispatch.maximumWaiting else {
+                    guard state.dispatch.waitingCount < self.configuration.dispatch.maximumWaiting else {
                         state.dispatch.waiters[id] = nil
                         return .failure(
                             RequestError(.resourceExhausted, "too many dispatched requests wait for a collaborator")
                         )
                     }
-                    state.dispatch.waiters[id] = .waiting(
-                        DispatchState.Waiter(selection: selection, continuation: continuation)
-                    )
-                    state.dispatch.order.append(id)
+                    state.dispatch.enqueue(id, DispatchState.Waiter(selection: selection, continuation: continuation))
                     // A slot may have come free since the wait was decided.
                     self.serveWaiters(&state)
                     return nil
@@ -506,10 +549,13 @@ extension Leader {
         }
     }
 
+    /// Takes wait `id` out of the queue (or forgets it, not yet queued): its continuation if
+    /// it was waiting.
     private func removeWaiter(_ id: UInt64) -> CheckedContinuation<String, any Error>? {
         self.state.withLockedValue { state in
-            guard case .waiting(let waiter)? = state.dispatch.waiters.removeValue(forKey: id) else { return nil }
-            return waiter.continuation
+            if let waiter = state.dispatch.takeWaiter(id) { return waiter.continuation }
+            state.dispatch.waiters[id] = nil
+            return nil
         }
     }
 
@@ -567,14 +613,14 @@ extension Leader {
             guard case .waiting(let waiter)? = state.dispatch.waiters[id] else { continue }
             switch self.choose(waiter.selection, &state) {
             case .chosen(let nodeID):
-                state.dispatch.waiters[id] = nil
+                _ = state.dispatch.takeWaiter(id)
                 waiter.continuation.resume(returning: nodeID)
                 if once {
                     kept.append(contentsOf: order[index...])
                     index = order.count
                 }
             case .none:
-                state.dispatch.waiters[id] = nil
+                _ = state.dispatch.takeWaiter(id)
                 waiter.continuation.resume(throwing: Self.noneEligible(waiter.selection.topic))
             case .busy:
                 kept.append(id)

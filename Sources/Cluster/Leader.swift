@@ -10,8 +10,9 @@ public import Tracing
 
 /// Settings of a ``Leader``.
 public struct LeaderConfiguration: Sendable, Hashable {
-    /// The server under the leader. By default the leader's node_id is "leader" and a
-    /// collaborator's node_id must be its client certificate's identity
+    /// The server under the leader (its sessions always list the `interest` extension: the
+    /// leader takes its collaborators' topic interest). By default the leader's node_id is
+    /// "leader" and a collaborator's node_id must be its client certificate's identity
     /// (`requireCertificateIdentity`): the transport must then ask for client certificates
     /// (mutual TLS), or ``Leader/run()`` refuses to start. Over plain TCP, or TLS without client
     /// certificates, set `server.requireCertificateIdentity = false`: a node_id is then taken
@@ -154,9 +155,9 @@ public final class Leader: Service, MessageRouting, Sendable {
         return self.state.withLockedValue { $0.records.values.sorted { $0.nodeID < $1.nodeID } }
     }
 
-    /// The connected collaborators that handle `topic` (REQUESTs or other messages on it), as
-    /// they announced (``CollaboratorRecord/interest``), by node_id. Those that announced
-    /// nothing are not among them.
+    /// The connected collaborators (active or suspect) that handle `topic` (REQUESTs or other
+    /// messages on it), as they announced (``CollaboratorRecord/interest``), by node_id. Those
+    /// that announced nothing are not among them.
     public func collaborators(handling topic: String) -> [CollaboratorRecord] {
         self.collaborators.filter { record in
             record.state != .gone && record.interest?.handles(topic) == true
@@ -208,6 +209,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         timeout: Duration?
     ) async throws -> Message {
         try await self.tracing.request(topic: topic, peer: nodeID) {
+            try TopicInterest.refuseReserved(topic)
             try self.requireServing()
             let session = try self.session(of: nodeID)
             self.outstanding(nodeID, by: 1)
@@ -265,6 +267,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         headers: MessageHeaders = MessageHeaders(),
         body: ByteBuffer
     ) async throws {
+        try TopicInterest.refuseReserved(topic)
         try self.requireServing()
         let session = try self.session(of: nodeID)
         try await session.send(topic: topic, headers: self.tracing.headers(headers, on: session), body: body)
@@ -286,7 +289,7 @@ public final class Leader: Service, MessageRouting, Sendable {
     /// `Session.offer(topic:body:)`). With an election, only while it leads (0 otherwise).
     @discardableResult
     public func broadcast(topic: String, body: ByteBuffer, reach: BroadcastReach = .interested) -> Int {
-        guard self.isServing(at: .now) else { return 0 }
+        guard self.isServing(at: .now), topic != TopicInterest.updateTopic else { return 0 }
         let sessions = self.state.withLockedValue { state in
             state.sessions.compactMap { nodeID, session -> Session? in
                 if reach == .interested, let interest = state.records[nodeID]?.interest,
@@ -484,7 +487,7 @@ public final class Leader: Service, MessageRouting, Sendable {
         // Handlers' failures are answered and logged by the router: only the end of the
         // connection ends this.
         let messages = session.messages.compactMap { message -> SessionMessage? in
-            if announcesInterest, message.topic == TopicInterest.updateTopic, !message.isResponse {
+            if announcesInterest, message.topic == TopicInterest.updateTopic {
                 self.interestUpdated(nodeID: nodeID, session: session, update: message)
                 return nil
             }

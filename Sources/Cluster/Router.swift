@@ -47,8 +47,11 @@ public struct Response: Sendable {
 ///   that limit the router takes nothing more from the session until a handler ends: the
 ///   session's inbound queue fills and its watermarks tell the requester FLOW SLOW_DOWN, so
 ///   the requester waits (capacity is backpressure, not a failure). DATA behind the waiting
-///   REQUEST waits with it, in order. A REQUEST whose deadline passed while it waited is
-///   answered DEADLINE_EXCEEDED and its handler not run.
+///   REQUEST waits with it, in order. A REQUEST whose deadline passed while it waited is not
+///   run (answered DEADLINE_EXCEEDED, unless its requester CANCELled it); nor is one CANCELled,
+///   or whose connection ended, while it waited. So a handler that waits for something the
+///   same peer must send it — a request back to that peer whose answer needs a slot there, or
+///   DATA behind the waiting requests — waits until a slot frees or its deadline passes.
 /// - A REQUEST on a topic with no handler is answered NO_HANDLER. DATA on a topic with no
 ///   handler is dropped, counted (`smsg_unhandled_total`) and logged at notice (at most once
 ///   per ten seconds). An ACK says the message was *taken* (by this router), not handled: a
@@ -326,6 +329,12 @@ public final class Router: Sendable {
         in span: any Span
     ) async {
         let started = ContinuousClock.now
+        if session.isAbandoned(message) {
+            // CANCELled, or its connection ended, while it waited for a slot: nobody waits.
+            span.attributes["smsg.status_code"] = Int(RequestError.Code.cancelled.rawValue)
+            self.served(message, outcome: .cancelled, since: started)
+            return
+        }
         let deadline = message.responderDeadline
         if let deadline, deadline <= started {
             // It waited for a slot past its deadline: the requester has stopped waiting.

@@ -81,6 +81,13 @@ public struct TopicInterest: Sendable, Hashable, CustomStringConvertible {
     /// The topic of an update.
     package static let updateTopic = "smsg.interest"
 
+    /// Throws when `topic` is the one announcements use, which applications may not send on.
+    package static func refuseReserved(_ topic: String) throws {
+        if topic == Self.updateTopic {
+            throw MessagingError(.reservedTopic, "\(Self.updateTopic) is reserved for announcing topic interest")
+        }
+    }
+
     /// What is wrong with an announcement (never quotes it).
     package struct Invalid: Error, CustomStringConvertible {
         package var problem: String

@@ -86,6 +86,40 @@ struct CapacityTests {
     }
 }
 
+extension CapacityTests {
+    @Test("a request given up while it waited for a slot is not run")
+    func givenUpWhileWaiting() async throws {
+        var leaderConfiguration = TestCluster.leaderConfiguration()
+        leaderConfiguration.maximumConcurrentRequests = 1
+        try await withTestCluster(configuration: leaderConfiguration) { cluster in
+            let gate = Gate()
+            cluster.leader.onRequest(topic: "hold") { message, _ in
+                try await gate.pass(String(buffer: message.body))
+                return message.body
+            }
+            let worker = try await cluster.addCollaborator("collab-1")
+            #expect(await eventually("connected") { worker.session?.currentState == .open })
+            let held = Task { try await worker.request(topic: "hold", body: ByteBuffer(string: "first")) }
+            #expect(await eventually("in the handler") { gate.waiting == 1 })
+            // Two wait behind the first for the one slot: one is cancelled by its caller (a CANCEL
+            // well before its deadline), the other times out.
+            let cancelled = Task {
+                try await worker.request(topic: "hold", body: ByteBuffer(string: "cancelled"), timeout: .seconds(30))
+            }
+            await #expect(throws: RequestError.self) {
+                try await worker.request(topic: "hold", body: ByteBuffer(string: "late"), timeout: .milliseconds(200))
+            }
+            cancelled.cancel()
+            _ = try? await cancelled.value
+            gate.open()
+            #expect(String(buffer: try await held.value.body) == "first")
+            let third = try await worker.request(topic: "hold", body: ByteBuffer(string: "third"))
+            #expect(String(buffer: third.body) == "third")
+            #expect(gate.started == ["first", "third"], "neither the cancelled nor the late one ran")
+        }
+    }
+}
+
 @Suite("Topic interest")
 struct TopicInterestTests {
     @Test("patterns: exact, P.> and >")
@@ -219,6 +253,99 @@ struct TopicInterestTests {
                 try await leader.request(to: "collab-3", topic: "nothing", body: ByteBuffer())
             }
         }
+    }
+}
+
+extension TopicInterestTests {
+    /// A raw client that lists `interest`, with `metadata` in its HELLO.
+    private func rawClient(_ cluster: TestCluster, metadata: [String: String]) async throws -> SecureClient {
+        var configuration = ClientConfiguration(nodeID: "collab-9")
+        configuration.metadata = metadata
+        configuration.session.extensions.insert(.interest)
+        return try await SecureClient.connect(
+            host: "127.0.0.1",
+            port: cluster.port,
+            transport: try cluster.certificates.clientTransport(nodeID: "collab-9"),
+            serverHostname: "localhost",
+            configuration: configuration
+        )
+    }
+
+    @Test("an invalid announcement, in HELLO or as an update, or a flagged one, is PROTOCOL_ERROR")
+    func violations() async throws {
+        try await withTestCluster { cluster in
+            let badHello = try await self.rawClient(cluster, metadata: [TopicInterest.metadataKey: #"{"requests":[]}"#])
+            #expect(await eventually("closed") { badHello.session.currentState == .closed })
+            #expect(badHello.session.closeReason?.errorCode == .protocolError)
+
+            let good = #"{"requests":["a"],"messages":[]}"#
+            let badUpdate = try await self.rawClient(cluster, metadata: [TopicInterest.metadataKey: good])
+            #expect(await eventually("joined") { cluster.leader.collaborator("collab-9")?.interest?.requests == ["a"] })
+            try await badUpdate.session.send(topic: TopicInterest.updateTopic, body: ByteBuffer(string: "[]"))
+            #expect(await eventually("closed") { badUpdate.session.currentState == .closed })
+            #expect(badUpdate.session.closeReason?.errorCode == .protocolError)
+
+            let flagged = try await self.rawClient(cluster, metadata: [TopicInterest.metadataKey: good])
+            _ = try? await flagged.session.request(
+                topic: TopicInterest.updateTopic,
+                body: ByteBuffer(string: good),
+                timeout: .seconds(5)
+            )
+            #expect(await eventually("closed") { flagged.session.currentState == .closed })
+            #expect(flagged.session.closeReason?.errorCode == .protocolError)
+        }
+    }
+
+    @Test("applications cannot send on the reserved topic, either way")
+    func reservedTopic() async throws {
+        try await withTestCluster { cluster in
+            let worker = try await cluster.addCollaborator("collab-1")
+            await #expect(throws: MessagingError.self) {
+                try await worker.send(topic: TopicInterest.updateTopic, body: ByteBuffer())
+            }
+            let refused = await #expect(throws: RequestError.self) {
+                try await cluster.leader.request(to: "collab-1", topic: TopicInterest.updateTopic, body: ByteBuffer())
+            }
+            #expect(refused?.code == .invalidArgument)
+            #expect(cluster.leader.broadcast(topic: TopicInterest.updateTopic, body: ByteBuffer()) == 0)
+        }
+    }
+
+    @Test("a collaborator sends no update to a server that does not list interest")
+    func oldLeader() async throws {
+        let certificates = try TestCertificates()
+        let topics = NIOLockedValueBox([String]())
+        let server = SecureMessagingServer(
+            configuration: ServerConfiguration(host: "127.0.0.1", port: 0),
+            transport: try certificates.serverTransport(name: "leader"),
+            logger: .quiet
+        ) { session in
+            for try await message in session.messages {
+                topics.withLockedValue { $0.append(message.topic) }
+            }
+        }
+        let serving = Task { try await server.run() }
+        defer { serving.cancel() }
+        let port = try await server.listeningAddress().port ?? 0
+        let worker = Collaborator(
+            leaderHost: "127.0.0.1",
+            leaderPort: port,
+            transport: try certificates.clientTransport(nodeID: "collab-1"),
+            serverHostname: "localhost",
+            configuration: TestCluster.collaboratorConfiguration(nodeID: "collab-1"),
+            logger: .quiet
+        )
+        worker.onRequest(topic: "first") { message, _ in message.body }
+        let running = Task { try await worker.run() }
+        #expect(await eventually("connected") { worker.session?.currentState == .open })
+        #expect(worker.session?.extensions.contains(.interest) == false)
+        worker.onRequest(topic: "later") { message, _ in message.body }
+        try await worker.send(topic: "marker", body: ByteBuffer())
+        #expect(await eventually("the marker came") { topics.withLockedValue { $0 } == ["marker"] })
+        await worker.leave()
+        try await running.value
+        server.shutdown()
+        try await serving.value
     }
 }
 
@@ -391,6 +518,9 @@ struct DispatchTests {
             }
             #expect(await eventually("four in handlers") { gate.waiting == 4 })
             // One per capacity: collab-1 one, collab-2 three; the fifth waits at the leader.
+            #expect(
+                await eventually("the fifth waits") { leader.state.withLockedValue { $0.dispatch.waitingCount } == 1 }
+            )
             #expect(gate.started.filter { $0 == "collab-1" }.count == 1)
             #expect(gate.started.filter { $0 == "collab-2" }.count == 3)
             #expect(leader.collaborator("collab-2")?.outstandingRequests == 3)
@@ -424,9 +554,9 @@ struct DispatchTests {
             }
             #expect(await eventually("in the handler") { gate.waiting == 1 })
             let waiting = Task {
-                try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .milliseconds(300))
+                try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .seconds(2))
             }
-            #expect(await eventually("one waits") { leader.state.withLockedValue { $0.dispatch.order.count } == 1 })
+            #expect(await eventually("one waits") { leader.state.withLockedValue { $0.dispatch.waitingCount } == 1 })
             await #expect(
                 throws: RequestError(.resourceExhausted, "too many dispatched requests wait for a collaborator")
             ) {
@@ -445,8 +575,49 @@ struct DispatchTests {
             ) {
                 try await leader.request(toAnyHandling: "nothing", body: ByteBuffer())
             }
+            #expect(leader.state.withLockedValue { $0.dispatch.waitingCount } == 0)
+            // A wait whose caller is cancelled leaves nothing behind.
+            let cancelled = Task {
+                try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .seconds(20))
+            }
+            #expect(await eventually("it waits") { leader.state.withLockedValue { $0.dispatch.waitingCount } == 1 })
+            cancelled.cancel()
+            let outcome = await #expect(throws: RequestError.self) { try await cancelled.value }
+            #expect(outcome?.code == .cancelled)
+            #expect(leader.state.withLockedValue { $0.dispatch.waitingCount } == 0)
             gate.open()
             _ = try await held.value
+            #expect(
+                await eventually("no request outstanding") { leader.collaborator("collab-1")?.outstandingRequests == 0 }
+            )
+            _ = try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .seconds(5))
+        }
+    }
+
+    @Test("many waits cancelled at once, some just as a slot comes free, leak no slot")
+    func cancellationStorm() async throws {
+        try await withTestCluster { cluster in
+            _ = try await cluster.addCollaborator("collab-1", configuration: configuration("collab-1", capacity: 2)) {
+                collaborator in
+                collaborator.onRequest(topic: "work") { _, _ in
+                    try await Task.sleep(for: .milliseconds(1))
+                    return ByteBuffer()
+                }
+            }
+            let leader = cluster.leader
+            for _ in 0..<5 {
+                let tasks = (0..<50).map { _ in
+                    Task { try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .seconds(20)) }
+                }
+                try await Task.sleep(for: .milliseconds(5))
+                for task in tasks { task.cancel() }
+                for task in tasks { _ = try? await task.value }
+            }
+            #expect(
+                await eventually("nothing outstanding") { leader.collaborator("collab-1")?.outstandingRequests == 0 }
+            )
+            #expect(leader.state.withLockedValue { $0.dispatch.waitingCount } == 0)
+            _ = try await leader.request(toAnyHandling: "work", body: ByteBuffer(), timeout: .seconds(5))
         }
     }
 
@@ -456,8 +627,10 @@ struct DispatchTests {
     func retries() async throws {
         try await withTestCluster { cluster in
             // collab-1 loses its connection in the handler; collab-2 answers.
+            let entered = NIOLockedValueBox(0)
             _ = try await cluster.addCollaborator("collab-1") { collaborator in
                 collaborator.onRequest(topic: "work") { _, context in
+                    entered.withLockedValue { $0 += 1 }
                     context.session.channel.close(promise: nil)
                     try await Task.sleep(for: .seconds(30))
                     return ByteBuffer(string: "collab-1")
@@ -467,6 +640,7 @@ struct DispatchTests {
                 collaborator.onRequest(topic: "work") { _, _ in ByteBuffer(string: "collab-2") }
             }
             let leader = cluster.leader
+            let firstSession = leader.collaborator("collab-1")?.sessionID
             // A key collab-1 owns, so that it is tried first.
             let key = try #require(
                 (0..<1_000).map { "k\($0)" }.first {
@@ -481,8 +655,12 @@ struct DispatchTests {
                 options: DispatchOptions(affinity: .key(key), idempotent: true)
             )
             #expect(String(buffer: answer.body) == "collab-2")
+            #expect(entered.withLockedValue { $0 } == 1, "it ran on collab-1 first")
 
-            try await cluster.waitUntil("collab-1 back") { leader.collaborator("collab-1")?.state == .active }
+            try await cluster.waitUntil("collab-1 back") {
+                let record = leader.collaborator("collab-1")
+                return record?.state == .active && record?.sessionID != firstSession
+            }
             do {
                 _ = try await leader.request(
                     toAnyHandling: "work",
@@ -495,6 +673,7 @@ struct DispatchTests {
                 #expect(error.code == .unavailable)
                 #expect(error.mayHaveRun == true)
                 #expect(error.message.contains("collab-1"))
+                #expect(entered.withLockedValue { $0 } == 2, "lost mid-request, after its handler began")
             }
         }
     }

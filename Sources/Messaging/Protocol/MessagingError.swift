@@ -44,6 +44,9 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
         public static let invalidHeader = Code("invalid header")
         /// The peer does not have the extension the call needs (see ``Session/extensions``).
         public static let extensionNotInForce = Code("extension not in force")
+        /// The topic is one the protocol reserves (`smsg.interest`, for a leader and its
+        /// collaborators).
+        public static let reservedTopic = Code("reserved topic")
         /// `run()` was called on a service that is already running, or has run and ended: each
         /// runs once.
         public static let alreadyRunning = Code("already running")

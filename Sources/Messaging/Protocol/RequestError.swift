@@ -155,7 +155,7 @@ public struct RequestError: Error, Hashable, Sendable, CustomStringConvertible, 
             switch error.code {
             case .requestTimedOut:
                 self.init(.deadlineExceeded, error.reason, cause: error)
-            case .payloadTooLarge, .topicTooLong, .invalidHeader, .extensionNotInForce:
+            case .payloadTooLarge, .topicTooLong, .invalidHeader, .extensionNotInForce, .reservedTopic:
                 self.init(.invalidArgument, error.reason, cause: error)
             case .outboxFull:
                 self.init(.resourceExhausted, error.reason, cause: error)

@@ -402,6 +402,12 @@ public final class Session: Sendable {
         }
     }
 
+    /// Whether nobody waits for the answer to `request` any more: the peer CANCELled it, or the
+    /// connection ended. A responder that has not begun its work yet skips it.
+    public func isAbandoned(_ request: Message) -> Bool {
+        self.state.withLockedValue { $0.ended || $0.cancelledRequests.contains(request.id) }
+    }
+
     /// How many wait in ``waitForCancellation(of:)`` (for tests).
     var cancelWaiterCount: Int { self.state.withLockedValue { $0.cancelWaiters.values.reduce(0) { $0 + $1.count } } }
 
