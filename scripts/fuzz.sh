@@ -11,8 +11,12 @@ seconds=${1:-60}
 shift || true
 scripts/ensure-deps.sh
 build=.build-fuzz
-swift build --product smsg-fuzz --build-path "$build" \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DFUZZING >&2
+# Optimized, as the library runs in production, with assertions kept (-assert-config Debug):
+# the debug build spent its time in unspecialized NIO generics and ran about 170 inputs/s;
+# this one runs about 2,500 (scripts/fuzz.sh 30 on 2 shared cores, seed corpus included).
+swift build -c release --product smsg-fuzz --build-path "$build" \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DFUZZING \
+    -Xswiftc -enable-testing -Xswiftc -assert-config -Xswiftc Debug >&2
 mkdir -p "$build/corpus" Fuzz/crashes
-"$build/debug/smsg-fuzz" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix=Fuzz/crashes/ \
+"$build/release/smsg-fuzz" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix=Fuzz/crashes/ \
     -max_len=70000 "$@" "$build/corpus" Fuzz/corpus
