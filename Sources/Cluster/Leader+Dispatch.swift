@@ -426,27 +426,45 @@ extension Leader {
         body: ByteBuffer,
         deadline: ContinuousClock.Instant
     ) async throws -> Message {
-        let started = ContinuousClock.now
-        var answered = false
-        defer { self.outstanding(nodeID, by: -1, answeredAfter: answered ? ContinuousClock.now - started : nil) }
         self.logger.debug(
             "dispatching a request",
             metadata: ["topic": "\(topic)", "node_id": "\(nodeID)", "attempt": "\(attempt)"]
         )
+        return try await self.tracing.request(topic: topic, peer: nodeID) {
+            try await self.outstandingRequest(
+                to: nodeID,
+                topic: topic,
+                headers: headers,
+                body: body,
+                timeout: max(deadline - ContinuousClock.now, .zero)
+            )
+        }
+    }
+
+    /// Sends a REQUEST on `nodeID`'s session, with the current trace context in its headers,
+    /// for which the caller counted one outstanding request: when it ends, the count goes back
+    /// down, and the time an answer took (a refusal included) counts as its answer time.
+    func outstandingRequest(
+        to nodeID: String,
+        topic: String,
+        headers: MessageHeaders,
+        body: ByteBuffer,
+        timeout: Duration?
+    ) async throws -> Message {
+        let started = ContinuousClock.now
+        var answered = false
+        defer { self.outstanding(nodeID, by: -1, answeredAfter: answered ? ContinuousClock.now - started : nil) }
         do {
-            let answer = try await self.tracing.request(topic: topic, peer: nodeID) {
-                let session = try self.session(of: nodeID)
-                return try await session.request(
-                    topic: topic,
-                    headers: self.tracing.headers(headers, on: session),
-                    body: body,
-                    timeout: max(deadline - ContinuousClock.now, .zero)
-                )
-            }
+            let session = try self.session(of: nodeID)
+            let answer = try await session.request(
+                topic: topic,
+                headers: self.tracing.headers(headers, on: session),
+                body: body,
+                timeout: timeout
+            )
             answered = true
             return answer
         } catch let error as RequestError {
-            // The collaborator's own answer (a refusal included) says how fast it is too.
             answered = error.origin == .received
             throw error
         }

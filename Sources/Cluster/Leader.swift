@@ -211,12 +211,11 @@ public final class Leader: Service, MessageRouting, Sendable {
         try await self.tracing.request(topic: topic, peer: nodeID) {
             try TopicInterest.refuseReserved(topic)
             try self.requireServing()
-            let session = try self.session(of: nodeID)
             self.outstanding(nodeID, by: 1)
-            defer { self.outstanding(nodeID, by: -1) }
-            return try await session.request(
+            return try await self.outstandingRequest(
+                to: nodeID,
                 topic: topic,
-                headers: self.tracing.headers(headers, on: session),
+                headers: headers,
                 body: body,
                 timeout: timeout
             )

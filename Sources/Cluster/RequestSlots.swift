@@ -21,11 +21,6 @@ final class RequestSlots: Sendable {
         self.limit = limit
     }
 
-    /// The slots of `key` in use now.
-    func inUse(_ key: ObjectIdentifier) -> Int {
-        self.state.withLockedValue { $0.inUse[key, default: 0] }
-    }
-
     /// Takes a slot of `key`, waiting for one while all are in use. Returns false when the
     /// calling task is cancelled first (no slot taken).
     func acquire(_ key: ObjectIdentifier) async -> Bool {

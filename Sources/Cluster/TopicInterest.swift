@@ -161,7 +161,9 @@ public struct TopicInterest: Sendable, Hashable, CustomStringConvertible {
             interest.encoded().utf8.count <= Self.maximumDocumentBytes,
             (requests + messages).allSatisfy(Self.isValidPattern)
         else {
-            return TopicInterest(requests: [">"], messages: [">"], capacity: capacity)
+            var everything = Self.everything
+            everything.capacity = capacity
+            return everything
         }
         return interest
     }
